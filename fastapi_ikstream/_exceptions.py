@@ -1,0 +1,125 @@
+"""Exceptions raised by fastapi-ikstream.
+
+The tree, in the manner of httpx's ``_exceptions.py``::
+
+    IKStreamError
+    ├── StreamConsumedError (also RuntimeError)  a StreamingRun iterated twice
+    ├── DeploymentError                          a deployment failed; its message is public
+    │   └── DeploymentTimeoutError (also TimeoutError)
+    ├── RunFailedError                           a run ended with a ``failed`` state
+    ├── RunCancelledError                        a run ended with a ``cancelled`` state
+    ├── MissingExtraError (also ImportError)     an optional dependency is not installed
+    └── StoreError                               the run store refused an operation
+        └── RunNotFoundError (also KeyError)
+
+The client module adds its own branch (``StreamError`` and its subclasses).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._models import RunState
+
+__all__ = [
+    "DeploymentError",
+    "DeploymentTimeoutError",
+    "IKStreamError",
+    "MissingExtraError",
+    "RunCancelledError",
+    "RunFailedError",
+    "RunNotFoundError",
+    "StoreError",
+    "StreamConsumedError",
+]
+
+
+class IKStreamError(Exception):
+    """Root of every exception raised by fastapi-ikstream."""
+
+
+class StreamConsumedError(IKStreamError, RuntimeError):
+    """A `StreamingRun` was iterated a second time; a run is consumed once."""
+
+
+class DeploymentError(IKStreamError):
+    """A deployment failed with a message that is safe to show to the caller.
+
+    Deployments raise it (or the adapters translate upstream errors into it) to end a run
+    with a ``failed`` state whose ``error`` carries ``code``, this message and ``retryable``.
+    Any other exception is logged on the server and reported with a generic message.
+
+    Args:
+        message: public, one-line description of what went wrong (no secret, no trace).
+        code: short machine-readable code, e.g. ``"upstream_failed"``. Default ``"deployment_error"``.
+        retryable: whether the same request may succeed if sent again. Default False.
+    """
+
+    def __init__(
+        self, message: str, *, code: str = "deployment_error", retryable: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.retryable = retryable
+
+
+class DeploymentTimeoutError(DeploymentError, TimeoutError):
+    """A deployment ran past its time limit (``failed`` state with code ``timeout``)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"The deployment did not finish within {seconds:g} s.", code="timeout", retryable=True
+        )
+        self.seconds = seconds
+
+
+class RunFailedError(IKStreamError):
+    """A run ended with a ``failed`` state.
+
+    Raised by `StreamingRun.aiter_states` (when ``raise_on_error`` is true) after it has
+    yielded the ``failed`` and ``done`` states, and by the client helpers.
+
+    Attributes:
+        state: the ``failed`` `RunState`, whose ``error`` says why.
+    """
+
+    def __init__(self, state: RunState) -> None:
+        message = state.error.message if state.error is not None else "run failed"
+        super().__init__(message)
+        self.state = state
+
+
+class RunCancelledError(IKStreamError):
+    """A run ended with a ``cancelled`` state.
+
+    Attributes:
+        state: the ``cancelled`` `RunState`.
+    """
+
+    def __init__(self, state: RunState) -> None:
+        message = state.error.message if state.error is not None else "run cancelled"
+        super().__init__(message)
+        self.state = state
+
+
+class MissingExtraError(IKStreamError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    def __init__(self, extra: str, module: str) -> None:
+        super().__init__(
+            f"{module} needs the '{extra}' extra: pip install \"fastapi-ikstream[{extra}]\""
+        )
+        self.extra = extra
+
+
+class StoreError(IKStreamError):
+    """The run store could not carry out an operation."""
+
+
+class RunNotFoundError(StoreError, KeyError):
+    """No run with this id is in the store (never started, expired or evicted)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "run not found"

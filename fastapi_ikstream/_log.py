@@ -1,0 +1,135 @@
+"""An in-memory, bounded event log for one run, read by any number of cursors.
+
+Every event is appended with its ``seq`` (1, 2, 3 …). Readers ask for what follows their
+cursor and wait for more. When the log holds more than ``max_events``, the oldest are
+dropped; a reader whose cursor falls before the kept window is told so explicitly (a
+``reset``), never skipped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Generic, Protocol, TypeVar
+
+__all__ = ["Logged", "RunLog"]
+
+
+class Logged(Protocol):
+    """What a log holds: anything with a ``seq`` and a ``type`` (the event kind)."""
+
+    @property
+    def seq(self) -> int:
+        """Position of the event in its run."""
+        ...
+
+    @property
+    def type(self) -> str:
+        """The event kind; ``"done"`` ends the log."""
+        ...
+
+
+T = TypeVar("T", bound=Logged)
+
+
+class RunLog(Generic[T]):
+    """A bounded append-only log of one run's events.
+
+    Args:
+        max_events: events kept at least; older ones are dropped in chunks (up to a quarter
+            more may be held between trims). Default 10,000.
+    """
+
+    __slots__ = ("_events", "_waiters", "first_seq", "finished", "last_seq", "max_events")
+
+    def __init__(self, max_events: int = 10_000) -> None:
+        self.max_events = max(1, max_events)
+        self._events: list[T] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self.first_seq = 1
+        self.last_seq = 0
+        self.finished = False
+
+    def append(self, item: T) -> None:
+        """Add the next event; its ``seq`` must be ``last_seq + 1``.
+
+        Raises:
+            ValueError: the seq is out of order, or the log already ended with ``done``.
+        """
+        if self.finished:
+            raise ValueError("the run's log already ended with 'done'")
+        if item.seq != self.last_seq + 1:
+            raise ValueError(f"seq {item.seq} does not follow {self.last_seq}")
+        events = self._events
+        events.append(item)
+        self.last_seq = item.seq
+        if item.type == "done":
+            self.finished = True
+        if len(events) > self.max_events + (self.max_events >> 2):
+            drop = len(events) - self.max_events
+            del events[:drop]
+            self.first_seq += drop
+        self._wake()
+
+    def latest(self) -> T | None:
+        """The last event appended, or None."""
+        return self._events[-1] if self._events else None
+
+    def read_after(self, cursor: int) -> list[T] | None:
+        """Events after ``cursor`` (a seq), in order; ``[]`` if none yet.
+
+        Returns:
+            The events, or None when ``cursor`` is older than the kept window (the reader
+            must reset to ``first_seq - 1``).
+        """
+        if cursor >= self.last_seq:
+            return []
+        if cursor + 1 < self.first_seq:
+            return None
+        start = cursor + 1 - self.first_seq
+        return self._events[start:] if start else self._events[:]
+
+    async def wait(self, cursor: int, timeout: float | None) -> bool:
+        """Wait until an event after ``cursor`` exists or the log ends.
+
+        Args:
+            cursor: the last seq the reader has.
+            timeout: seconds to wait at most; None waits without limit.
+
+        Returns:
+            True if something new is there, False on timeout.
+        """
+        if cursor < self.last_seq or self.finished:
+            return True
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(fut)
+        handle = None if timeout is None else loop.call_later(timeout, _expire, fut)
+        try:
+            await fut
+        finally:
+            if handle is not None:
+                handle.cancel()
+            if not fut.done():
+                fut.cancel()
+            if self._waiters:
+                self._discard(fut)
+        return cursor < self.last_seq or self.finished
+
+    def _discard(self, fut: asyncio.Future[None]) -> None:
+        try:
+            self._waiters.remove(fut)
+        except ValueError:
+            pass
+
+    def _wake(self) -> None:
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+
+def _expire(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+

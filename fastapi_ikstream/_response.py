@@ -1,0 +1,192 @@
+"""`EventStreamResponse`: the ASGI response that streams a run's events.
+
+It is the hot path, so it does little: per open stream, one task that waits for the
+client's disconnect and nothing else; events are read from the run's subscription in
+batches and written with one ``send`` per batch. It adds what Starlette's
+``StreamingResponse`` lacks for event streams: keep-alives after a silence, the ``retry:``
+hint on the first event, and a prompt, clean cancel when the client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+
+from starlette.background import BackgroundTask
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from ._store import Subscription
+from ._wire import JSONL_KEEPALIVE, SSE_KEEPALIVE
+
+__all__ = ["JSONL_MEDIA_TYPES", "SSE_MEDIA_TYPE", "EventStreamResponse", "negotiate_media_type"]
+
+SSE_MEDIA_TYPE = "text/event-stream"
+JSONL_MEDIA_TYPES = ("application/jsonl", "application/x-ndjson")
+
+OnClose = Callable[[], Awaitable[None] | None]
+
+
+def negotiate_media_type(accept: str | None) -> str | None:
+    """Pick the stream's media type from an ``Accept`` header (RFC 9110 §12.5.1).
+
+    Args:
+        accept: the header's value; None or empty means anything.
+
+    Returns:
+        ``"text/event-stream"`` (also for ``*/*`` and ``text/*``), ``"application/jsonl"`` or
+        ``"application/x-ndjson"``, whichever has the highest ``q``; None when the header
+        names none of them (answer 406).
+    """
+    if not accept or not accept.strip():
+        return SSE_MEDIA_TYPE
+    best: tuple[float, int, str] | None = None
+    for index, part in enumerate(accept.split(",")):
+        fields = part.strip().split(";")
+        name = fields[0].strip().lower()
+        q = 1.0
+        for param in fields[1:]:
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if q <= 0:
+            continue
+        if name in (SSE_MEDIA_TYPE, "*/*", "text/*"):
+            chosen = SSE_MEDIA_TYPE
+        elif name in JSONL_MEDIA_TYPES:
+            chosen = name
+        elif name == "application/*":
+            chosen = JSONL_MEDIA_TYPES[0]
+        else:
+            continue
+        rank = (q, -index, chosen)
+        if best is None or rank[:2] > best[:2]:
+            best = rank
+    return None if best is None else best[2]
+
+
+class EventStreamResponse(Response):
+    """Streams a run's events as SSE (or JSON lines) from a `Subscription`.
+
+    Headers: ``Content-Type: text/event-stream; charset=utf-8`` (or the JSON-lines type),
+    ``Cache-Control: no-cache``, ``X-Accel-Buffering: no`` (nginx must not buffer), plus
+    ``headers``. No compression is applied.
+
+    Args:
+        subscription: the reader, or a function that opens it when the response starts.
+        media_type: ``"text/event-stream"`` (default), ``"application/jsonl"`` or
+            ``"application/x-ndjson"``.
+        keep_alive: seconds of silence before a keep-alive is written; 0 disables. Default 10.0.
+        retry: reconnection delay in milliseconds, sent as ``retry:`` on the first event of
+            the connection (SSE only); None sends none. Default 3000.
+        headers: extra response headers.
+        on_close: called (and awaited if it returns an awaitable) when the stream ends, the
+            client disconnects, or the server stops it.
+        background: run after a stream that ended normally.
+        status_code: default 200.
+    """
+
+    def __init__(
+        self,
+        subscription: Subscription | Callable[[], Subscription],
+        *,
+        media_type: str = SSE_MEDIA_TYPE,
+        keep_alive: float = 10.0,
+        retry: int | None = 3000,
+        headers: Mapping[str, str] | None = None,
+        on_close: OnClose | None = None,
+        background: BackgroundTask | None = None,
+        status_code: int = 200,
+    ) -> None:
+        self._subscription = subscription
+        self.status_code = status_code
+        self.media_type = media_type
+        self.keep_alive = keep_alive
+        self.retry = retry if media_type == SSE_MEDIA_TYPE else None
+        self.on_close = on_close
+        self.background = background
+        self.body = b""
+        self.init_headers(
+            {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})}
+        )
+        # init_headers adds a content-length of 0 for an empty body: a stream has none.
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Stream until ``done``, a disconnect, or cancellation."""
+        subscription = (
+            self._subscription
+            if isinstance(self._subscription, Subscription)
+            else self._subscription()
+        )
+        task = asyncio.current_task()
+        assert task is not None
+        state = _ConnectionState()
+        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, state))
+        jsonl = self.media_type != SSE_MEDIA_TYPE
+        keepalive = JSONL_KEEPALIVE if jsonl else SSE_KEEPALIVE
+        timeout = self.keep_alive if self.keep_alive > 0 else None
+        retry = self.retry
+        try:
+            await send(
+                {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+            )
+            while (batch := await subscription.next_batch(timeout)) is not None:
+                if not batch:
+                    chunk = keepalive
+                elif jsonl:
+                    chunk = b"".join([event.jsonl for event in batch])
+                elif retry is not None:
+                    first = batch[0].sse_with_retry(retry)
+                    retry = None
+                    chunk = first + b"".join([event.sse for event in batch[1:]])
+                elif len(batch) == 1:
+                    chunk = batch[0].sse
+                else:
+                    chunk = b"".join([event.sse for event in batch])
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if self.background is not None:
+                await self.background()
+        except asyncio.CancelledError:
+            if not state.disconnected:
+                raise
+            task.uncancel()
+        except OSError:  # the transport broke while writing: the client is gone
+            state.disconnected = True
+        finally:
+            state.closing = True
+            watcher.cancel()
+            await _close(subscription, self.on_close)
+
+
+class _ConnectionState:
+    __slots__ = ("closing", "disconnected")
+
+    def __init__(self) -> None:
+        self.closing = False
+        self.disconnected = False
+
+
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[None], state: _ConnectionState) -> None:
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            state.disconnected = True
+            if not state.closing:
+                task.cancel()
+            return
+
+
+async def _close(subscription: Subscription, on_close: OnClose | None) -> None:
+    try:
+        await subscription.aclose()
+    finally:
+        if on_close is not None:
+            result = on_close()
+            if inspect.isawaitable(result):
+                await result

@@ -1,0 +1,453 @@
+"""`StreamingRun`: a run that reports progress, turned into a typed stream of run states.
+
+The Python counterpart of the JavaScript ``StreamingRun`` (``getAsyncGenerator``,
+``getReadableStream``, ``getResponse``) and of ``runStream`` / ``toReadableStream``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from typing import Any, TypeAlias
+
+from starlette.background import BackgroundTask
+
+from ._exceptions import (
+    DeploymentError,
+    DeploymentTimeoutError,
+    RunCancelledError,
+    RunFailedError,
+    StreamConsumedError,
+)
+from ._log import RunLog
+from ._models import EventType, LogLine, Progress, RunError, RunState, RunStatus, status_from_state
+from ._response import EventStreamResponse, negotiate_media_type
+from ._store import MemoryRunSubscription, StoredEvent
+
+__all__ = ["DEFAULT_TIMEOUT", "OnProgress", "RunSource", "StreamingRun", "new_run_id"]
+
+logger = logging.getLogger("fastapi_ikstream")
+
+DEFAULT_TIMEOUT = 3600.0
+"""Seconds a deployment may run before it is ended with a ``failed`` state, code ``timeout``."""
+
+OnProgress: TypeAlias = Callable[..., None]
+"""The progress callback handed to a run function.
+
+Call it with keyword arguments (``ikclient``'s form: ``run_id, name, uuid, state, eta,
+results``, or any of ``status, progress, logs, log, partial_output``), or with one dict or
+`RunState` of those fields.
+"""
+
+RunSource: TypeAlias = Callable[[OnProgress], Any] | AsyncIterable[Any]
+"""A run function ``fn(on_progress) -> result`` (sync or async), or an async iterable of updates."""
+
+_MAX_PENDING_LOGS = 1000
+
+
+def new_run_id() -> str:
+    """A new unguessable run id: ``"r_"`` and 24 hex digits (96 random bits)."""
+    return "r_" + secrets.token_hex(12)
+
+
+def _results_of(value: Any) -> list[dict[str, Any]] | None:
+    """Outputs as SCALE's single-key objects, from a list, a dict or an ``ikclient`` Results."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [dict(item) for item in value]
+    if isinstance(value, Mapping):
+        inner = value.get("results")
+        return _results_of(inner) if isinstance(inner, list) else [dict(value)]
+    outputs = getattr(value, "_outputs", None)  # ikclient.core.results.Results
+    if isinstance(outputs, list):
+        return [dict(item) for item in outputs]
+    return [{"DATA_DICT": value}] if isinstance(value, str | int | float | bool) else None
+
+
+def _logs_of(update: Mapping[str, Any]) -> list[LogLine] | None:
+    raw: list[Any] = []
+    if update.get("logs"):
+        raw.extend(update["logs"])
+    if update.get("log"):
+        raw.append(update["log"])
+    if not raw:
+        return None
+    now = time.time()
+    lines = []
+    for item in raw:
+        if isinstance(item, LogLine):
+            lines.append(item)
+        elif isinstance(item, Mapping):
+            lines.append(LogLine(**{"ts": now, **item}))
+        else:
+            lines.append(LogLine(ts=now, message=str(item)))
+    return lines
+
+
+def _progress_of(value: Any) -> Progress | None:
+    if value is None or isinstance(value, Progress):
+        return value
+    if isinstance(value, Mapping):
+        return Progress(**value)
+    if isinstance(value, tuple | list):
+        return Progress(current=value[0], total=value[1] if len(value) > 1 else None)
+    return Progress(current=float(value))
+
+
+class StreamingRun:
+    """A run of a deployment, streamed as typed run states.
+
+    Build it from a run function that takes ``on_progress`` (like ``ikclient``'s
+    ``client.run(image, on_progress=on_progress)``), or from an async iterable of updates;
+    then read it once, as `RunState` objects, SSE bytes, JSON-lines bytes, or a response.
+
+    Example::
+
+        run = StreamingRun(lambda on_progress: client.run(image, on_progress=on_progress))
+        return run.to_response(keep_alive=10, headers={"X-Custom": "v"})
+
+    Args:
+        source: ``fn(on_progress)`` returning the results (or an awaitable of them), or an
+            async iterable yielding updates (dicts, `RunState`, or results as the last item
+            when it has a ``results`` key).
+        run_id: the run's id; a new unguessable one by default.
+        inputs: the run's inputs, sent on the ``result`` event when ``include_inputs``.
+        include_inputs: send ``inputs`` on the ``result`` event. Default False.
+        raise_on_error: `aiter_states` raises `RunFailedError` (or `RunCancelledError`) after
+            yielding the terminal state and ``done``. Default True.
+        keep_alive: seconds of silence before a keep-alive is sent; 0 disables. Default 10.0.
+        headers: extra response headers for `to_response`. Default none.
+        timeout: seconds the deployment may run; then the run ends ``failed`` with code
+            ``timeout``. Default 3600.0.
+        retry: reconnection delay in milliseconds sent as SSE ``retry:`` on the first event.
+            Default 3000.
+        max_events: events buffered for a slow reader before it gets a ``reset``. Default 10,000.
+    """
+
+    def __init__(
+        self,
+        source: RunSource,
+        *,
+        run_id: str | None = None,
+        inputs: Any = None,
+        include_inputs: bool = False,
+        raise_on_error: bool = True,
+        keep_alive: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retry: int | None = 3000,
+        max_events: int = 10_000,
+    ) -> None:
+        self.source = source
+        self.run_id = run_id or new_run_id()
+        self.inputs = inputs
+        self.include_inputs = include_inputs
+        self.raise_on_error = raise_on_error
+        self.keep_alive = keep_alive
+        self.headers = dict(headers or {})
+        self.timeout = timeout
+        self.retry = retry
+        self.max_events = max_events
+        self._seq = 0
+        self._status = RunStatus.RECEIVED
+        self._state: str | None = None
+        self._eta: Any = None
+        self._results: list[dict[str, Any]] | None = None
+        self._result_sent = False
+        self._terminal: RunState | None = None
+        self._sink: Callable[[RunState], None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._cancel_reason: str | None = None
+        self._consumed = False
+
+    # -- producing -------------------------------------------------------------------------
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The task running the deployment, once started."""
+        return self._task
+
+    @property
+    def terminal_state(self) -> RunState | None:
+        """The ``result``, ``failed`` or ``cancelled`` state, once the run has ended."""
+        return self._terminal
+
+    def start(self, sink: Callable[[RunState], None]) -> asyncio.Task[None]:
+        """Run the deployment in a new task, handing every state to ``sink`` in seq order.
+
+        The sink is called synchronously and must not block. The last state is always
+        ``done``. Used by the router to write into a run store; most users want
+        `aiter_states`, `aiter_sse` or `to_response` instead.
+
+        Raises:
+            StreamConsumedError: the run was started or read already.
+        """
+        if self._consumed:
+            raise StreamConsumedError(f"run {self.run_id} was already consumed")
+        self._consumed = True
+        self._sink = sink
+        self._task = asyncio.get_running_loop().create_task(self._drive())
+        return self._task
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Cancel the deployment; the run ends with ``cancelled`` (code ``cancelled``) and ``done``."""
+        if self._task is not None and not self._task.done():
+            self._cancel_reason = reason
+            self._task.cancel()
+
+    def _emit(self, type_: EventType, **fields: Any) -> RunState:
+        self._seq += 1
+        state = RunState(type=type_, run_id=self.run_id, seq=self._seq, **fields)
+        assert self._sink is not None
+        self._sink(state)
+        return state
+
+    def on_progress(self, *args: Any, **kwargs: Any) -> None:
+        """The progress callback (see `OnProgress`); safe to call from the event loop only."""
+        if args:
+            first = args[0]
+            update = first.model_dump(exclude_none=True) if isinstance(first, RunState) else first
+            update = {**update, **kwargs}
+        else:
+            update = kwargs
+        self._update(update)
+
+    def _update(self, update: Mapping[str, Any]) -> None:
+        if self._terminal is not None or self._sink is None:
+            return
+        state = update.get("state")
+        status = update.get("status")
+        new_status = RunStatus(status) if status is not None else status_from_state(state)
+        if state is not None:
+            self._state = str(state)
+        if "eta" in update and update["eta"] is not None:
+            self._eta = tuple(update["eta"])
+        results = _results_of(update.get("results"))
+        if new_status is RunStatus.FAILED:
+            return  # the exception that follows says why
+        if new_status is not None:
+            self._status = new_status
+        logs = _logs_of(update)
+        if results is not None:
+            self._results = results
+            self._send_result()
+            return
+        if update.get("partial_output") is not None:
+            kind = EventType.PARTIAL
+        elif logs and state is None and status is None and "eta" not in update:
+            kind = EventType.LOG
+        else:
+            kind = EventType.PROGRESS
+        if kind is EventType.LOG:
+            self._emit(kind, logs=logs)
+            return
+        self._emit(
+            kind,
+            status=self._status,
+            state=self._state,
+            eta=self._eta,
+            progress=_progress_of(update.get("progress")),
+            logs=logs,
+            partial_output=update.get("partial_output"),
+        )
+
+    def _send_result(self) -> None:
+        if self._result_sent:
+            return
+        self._result_sent = True
+        self._status = RunStatus.COMPLETED
+        self._terminal = self._emit(
+            EventType.RESULT,
+            status=RunStatus.COMPLETED,
+            state=self._state if status_from_state(self._state) is RunStatus.COMPLETED else None,
+            eta=(0, 0),
+            results=self._results if self._results is not None else [],
+            inputs=self.inputs if self.include_inputs else None,
+        )
+
+    def _fail(self, error: RunError, kind: EventType = EventType.FAILED) -> None:
+        status = RunStatus.FAILED if kind is EventType.FAILED else RunStatus.CANCELLED
+        self._status = status
+        state = self._state if kind is EventType.FAILED and self._state == "FAILURE" else None
+        self._terminal = self._emit(kind, status=status, state=state, eta=(0, 0), error=error)
+
+    async def _call_source(self) -> None:
+        source = self.source
+        if isinstance(source, AsyncIterable):
+            async for item in source:
+                self.on_progress(item)
+            return
+        value = source(self.on_progress)
+        if inspect.isawaitable(value):
+            value = await value
+        if not self._result_sent:
+            results = _results_of(value)
+            if results is not None:
+                self._results = results
+
+    async def _drive(self) -> None:
+        self._emit(EventType.RUN, status=RunStatus.RECEIVED)
+        try:
+            limit = asyncio.timeout(self.timeout)
+            try:
+                async with limit:
+                    await self._call_source()
+            except TimeoutError:
+                if limit.expired():
+                    raise DeploymentTimeoutError(self.timeout or 0) from None
+                raise
+            if self._terminal is None:
+                self._send_result()
+        except asyncio.CancelledError:
+            reason = self._cancel_reason or "the client went away"
+            if self._terminal is None:
+                self._fail(RunError(code="cancelled", message=reason), EventType.CANCELLED)
+            self._emit(EventType.DONE, status=self._status)
+            if self._cancel_reason is None:
+                raise
+            return
+        except DeploymentError as exc:
+            logger.info("run %s failed: %s (%s)", self.run_id, exc.message, exc.code)
+            self._fail(RunError(code=exc.code, message=exc.message, retryable=exc.retryable))
+        except Exception:
+            logger.exception("run %s: the deployment raised", self.run_id)
+            self._fail(RunError(code="deployment_error", message="The deployment failed."))
+        self._emit(EventType.DONE, status=self._status)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _start_log(self) -> tuple[RunLog[RunState], asyncio.Task[None]]:
+        log: RunLog[RunState] = RunLog(self.max_events)
+        return log, self.start(log.append)
+
+    async def aiter_states(self) -> AsyncIterator[RunState]:
+        """Run and yield every state, ``run`` first and ``done`` last.
+
+        Raises:
+            StreamConsumedError: the run was already read.
+            RunFailedError: after yielding ``failed`` and ``done``, when ``raise_on_error``.
+            RunCancelledError: after yielding ``cancelled`` and ``done``, when ``raise_on_error``.
+        """
+        log, task = self._start_log()
+        cursor = 0
+        try:
+            while True:
+                batch = log.read_after(cursor)
+                if batch is None:  # fell behind the kept window
+                    first = log.first_seq
+                    yield RunState(
+                        type=EventType.RESET, run_id=self.run_id, seq=first - 1, first_seq=first
+                    )
+                    cursor = first - 1
+                    continue
+                if not batch:
+                    await log.wait(cursor, None)
+                    continue
+                for state in batch:
+                    yield state
+                cursor = batch[-1].seq
+                if log.finished and cursor == log.last_seq:
+                    break
+        finally:
+            if not task.done():
+                task.cancel()
+        terminal = self._terminal
+        if self.raise_on_error and terminal is not None:
+            if terminal.type is EventType.FAILED:
+                raise RunFailedError(terminal)
+            if terminal.type is EventType.CANCELLED:
+                raise RunCancelledError(terminal)
+
+    async def _aiter_bytes(self, jsonl: bool) -> AsyncIterator[bytes]:
+        log: RunLog[StoredEvent] = RunLog(self.max_events)
+        task = self.start(lambda state: log.append(StoredEvent.from_state(state)))
+        sub = MemoryRunSubscription(self.run_id, log, 0)
+        try:
+            first = True
+            while (batch := await sub.next_batch(self.keep_alive or None)) is not None:
+                if not batch:
+                    yield b'{"type":"keepalive"}\n' if jsonl else b": keep-alive\n"
+                    continue
+                for event in batch:
+                    if jsonl:
+                        yield event.jsonl
+                    elif first and self.retry is not None:
+                        yield event.sse_with_retry(self.retry)
+                    else:
+                        yield event.sse
+                    first = False
+        finally:
+            if not task.done():
+                task.cancel()
+
+    def aiter_sse(self) -> AsyncIterator[bytes]:
+        """Run and yield the stream as SSE bytes: one block per event, keep-alives between.
+
+        Raises:
+            StreamConsumedError: the run was already read.
+        """
+        return self._aiter_bytes(jsonl=False)
+
+    def aiter_jsonl(self) -> AsyncIterator[bytes]:
+        """Run and yield the stream as JSON lines; keep-alive lines are ``{"type":"keepalive"}``.
+
+        Raises:
+            StreamConsumedError: the run was already read.
+        """
+        return self._aiter_bytes(jsonl=True)
+
+    def to_response(
+        self,
+        *,
+        keep_alive: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        media_type: str = "text/event-stream",
+        accept: str | None = None,
+        background: BackgroundTask | None = None,
+    ) -> EventStreamResponse:
+        """A streaming response for any FastAPI or Starlette route.
+
+        The deployment starts when the response starts. If the client disconnects, the
+        deployment task is cancelled at once.
+
+        Args:
+            keep_alive: seconds between keep-alives; 0 disables. Default: the run's own.
+            headers: extra headers, added to the run's own.
+            media_type: ``"text/event-stream"`` (default) or ``"application/jsonl"``.
+            accept: a request's ``Accept`` header; when given, it picks the media type.
+            background: a task to run after the response is sent.
+
+        Raises:
+            StreamConsumedError: the run was already read.
+        """
+        if accept is not None:
+            media_type = negotiate_media_type(accept) or media_type
+        if self._consumed:
+            raise StreamConsumedError(f"run {self.run_id} was already consumed")
+        log: RunLog[StoredEvent] = RunLog(self.max_events)
+        started: list[asyncio.Task[None]] = []
+
+        def open_subscription() -> MemoryRunSubscription:
+            started.append(self.start(lambda state: log.append(StoredEvent.from_state(state))))
+            return MemoryRunSubscription(self.run_id, log, 0)
+
+        def on_close() -> None:
+            for task in started:
+                if not task.done():
+                    task.cancel()
+
+        return EventStreamResponse(
+            open_subscription,
+            media_type=media_type,
+            keep_alive=self.keep_alive if keep_alive is None else keep_alive,
+            retry=self.retry,
+            headers={**self.headers, **(headers or {})},
+            on_close=on_close,
+            background=background,
+        )
+

@@ -1,0 +1,68 @@
+"""The stream on the wire: Server-Sent Events and JSON lines.
+
+SSE blocks are encoded exactly as FastAPI's ``fastapi.sse.format_sse_event`` encodes them
+(field order ``event``, ``data``, ``id``, ``retry``; LF line ends; UTF-8 without BOM), by a
+leaner function that a test proves byte-identical to it. Each block has exactly one
+``data:`` line of compact JSON, so no block ever lacks data (see ``WIRE.md`` rule 2).
+
+Keep-alives differ on purpose from FastAPI's ``": ping\\n\\n"``: ours is a comment line with
+no blank line after it (``b": keep-alive\\n"``). A comment followed by a blank line is a block
+without data, which ``httpx-sse`` and ``@microsoft/fetch-event-source`` turn into an empty
+event once an id has been seen; a lone comment line is folded into the next block and
+ignored by every parser (HTML Living Standard, §9.2.6 "Interpreting an event stream").
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ._models import RunState
+
+__all__ = [
+    "JSONL_KEEPALIVE",
+    "SSE_KEEPALIVE",
+    "encode_jsonl",
+    "encode_sse",
+    "sse_block",
+]
+
+SSE_KEEPALIVE: Final = b": keep-alive\n"
+"""Keep-alive for SSE: a comment line, not followed by a blank line."""
+
+JSONL_KEEPALIVE: Final = b'{"type":"keepalive"}\n'
+"""Keep-alive for JSON lines."""
+
+
+def sse_block(data: str, event: str, id: str, retry: int | None = None) -> bytes:  # noqa: A002
+    """Encode one SSE block, byte-identical to ``format_sse_event(data_str=…, event=…, id=…)``.
+
+    Args:
+        data: the ``data:`` payload; must be a single line (compact JSON always is).
+        event: the ``event:`` name; a single line.
+        id: the ``id:`` value; a single line without NUL.
+        retry: reconnection delay in milliseconds for the ``retry:`` field, or None.
+
+    Returns:
+        The block, ending with the blank line that dispatches it.
+    """
+    if retry is None:
+        return f"event: {event}\ndata: {data}\nid: {id}\n\n".encode()
+    return f"event: {event}\ndata: {data}\nid: {id}\nretry: {retry}\n\n".encode()
+
+
+def encode_sse(state: RunState, *, retry: int | None = None) -> bytes:
+    """Encode a run state as one SSE block: ``event: {type}``, ``data: {json}``, ``id: {run_id}:{seq}``.
+
+    Args:
+        state: the event to encode.
+        retry: reconnection delay in milliseconds to attach, or None.
+
+    Returns:
+        UTF-8 bytes of the block.
+    """
+    return sse_block(state.to_json(), state.type.value, state.event_id, retry)
+
+
+def encode_jsonl(state: RunState) -> bytes:
+    """Encode a run state as one JSON line (compact JSON and ``\\n``)."""
+    return state.to_json().encode() + b"\n"

@@ -1,0 +1,68 @@
+"""Shared fixtures: a real uvicorn server on 127.0.0.1, run in a thread (httpx's pattern)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ThreadServer(uvicorn.Server):
+    """A uvicorn server that runs in a background thread and stops when asked."""
+
+    def install_signal_handlers(self) -> None:  # the main thread keeps its handlers
+        pass
+
+    @contextlib.contextmanager
+    def run_in_thread(self) -> Iterator[ThreadServer]:
+        thread = threading.Thread(target=self.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not self.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        try:
+            yield self
+        finally:
+            self.should_exit = True
+            thread.join(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.config.port}"
+
+
+@contextlib.contextmanager
+def serve(app: Any, **config: Any) -> Iterator[ThreadServer]:
+    """Serve ``app`` on 127.0.0.1 with uvicorn in a thread; yields the server (``.url``)."""
+    cfg = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=free_port(),
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=2,
+        **config,
+    )
+    server = ThreadServer(cfg)
+    with server.run_in_thread():
+        yield server
+
+
+@pytest.fixture
+def serve_app() -> Callable[..., contextlib.AbstractContextManager[ThreadServer]]:
+    """``with serve_app(app) as server: server.url`` starts a real uvicorn server."""
+    return serve
