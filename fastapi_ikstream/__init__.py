@@ -24,6 +24,8 @@ from ._models import RunError as RunError
 from ._models import RunState as RunState
 from ._models import RunStatus as RunStatus
 from ._models import status_from_state as status_from_state
+from ._request import RunRequest as RunRequest
+from ._request import decode_image_input as decode_image_input
 from ._response import EventStreamResponse as EventStreamResponse
 from ._run import StreamingRun as StreamingRun
 from ._store import MemoryRunStore as MemoryRunStore
@@ -54,6 +56,7 @@ __all__ = [
     "RunFailedError",
     "RunInfo",
     "RunNotFoundError",
+    "RunRequest",
     "RunState",
     "RunStatus",
     "RunStore",
@@ -63,6 +66,7 @@ __all__ = [
     "StreamingRun",
     "Subscription",
     "as_deployment",
+    "decode_image_input",
     "encode_jsonl",
     "encode_sse",
     "status_from_state",
