@@ -27,7 +27,12 @@ from ._models import status_from_state as status_from_state
 from ._request import RunRequest as RunRequest
 from ._request import decode_image_input as decode_image_input
 from ._response import EventStreamResponse as EventStreamResponse
+from ._routing import DeploymentProvider as DeploymentProvider
+from ._routing import RunProvider as RunProvider
+from ._routing import StreamRouter as StreamRouter
+from ._routing import create_router as create_router
 from ._run import StreamingRun as StreamingRun
+from ._runs import RunManager as RunManager
 from ._store import MemoryRunStore as MemoryRunStore
 from ._store import RunInfo as RunInfo
 from ._store import RunStore as RunStore
@@ -42,6 +47,7 @@ __all__ = [
     "CallableDeployment",
     "Deployment",
     "DeploymentError",
+    "DeploymentProvider",
     "DeploymentTimeoutError",
     "EventStreamResponse",
     "EventType",
@@ -55,7 +61,9 @@ __all__ = [
     "RunError",
     "RunFailedError",
     "RunInfo",
+    "RunManager",
     "RunNotFoundError",
+    "RunProvider",
     "RunRequest",
     "RunState",
     "RunStatus",
@@ -63,9 +71,11 @@ __all__ = [
     "StoreError",
     "StoredEvent",
     "StreamConsumedError",
+    "StreamRouter",
     "StreamingRun",
     "Subscription",
     "as_deployment",
+    "create_router",
     "decode_image_input",
     "encode_jsonl",
     "encode_sse",

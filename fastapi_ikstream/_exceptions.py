@@ -52,7 +52,8 @@ class DeploymentError(IKStreamError):
 
     Args:
         message: public, one-line description of what went wrong (no secret, no trace).
-        code: short machine-readable code, e.g. ``"upstream_failed"``. Default ``"deployment_error"``.
+        code: short machine-readable code, e.g. ``"upstream_failed"``.
+            Default ``"deployment_error"``.
         retryable: whether the same request may succeed if sent again. Default False.
     """
 

@@ -9,6 +9,7 @@ dropped; a reader whose cursor falls before the kept window is told so explicitl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Generic, Protocol, TypeVar
 
 __all__ = ["Logged", "RunLog"]
@@ -39,7 +40,7 @@ class RunLog(Generic[T]):
             more may be held between trims). Default 10,000.
     """
 
-    __slots__ = ("_events", "_waiters", "first_seq", "finished", "last_seq", "max_events")
+    __slots__ = ("_events", "_waiters", "finished", "first_seq", "last_seq", "max_events")
 
     def __init__(self, max_events: int = 10_000) -> None:
         self.max_events = max(1, max_events)
@@ -116,10 +117,8 @@ class RunLog(Generic[T]):
         return cursor < self.last_seq or self.finished
 
     def _discard(self, fut: asyncio.Future[None]) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._waiters.remove(fut)
-        except ValueError:
-            pass
 
     def _wake(self) -> None:
         if self._waiters:
@@ -132,4 +131,3 @@ class RunLog(Generic[T]):
 def _expire(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
-

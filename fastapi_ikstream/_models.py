@@ -153,8 +153,8 @@ class Progress(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    current: float = Field(description="Units of work done so far.")
-    total: float | None = Field(default=None, description="Units of work in all, if known.")
+    current: int | float = Field(description="Units of work done so far.")
+    total: int | float | None = Field(default=None, description="Units of work in all, if known.")
 
 
 class LogLine(BaseModel):
@@ -177,7 +177,9 @@ class RunError(BaseModel):
 
     code: str = Field(description="Machine-readable code, e.g. 'timeout' or 'upstream_failed'.")
     message: str = Field(description="Human-readable, public description.")
-    retryable: bool = Field(default=False, description="Whether sending the request again may work.")
+    retryable: bool = Field(
+        default=False, description="Whether sending the request again may work."
+    )
 
 
 class RunState(BaseModel):
@@ -229,4 +231,6 @@ class RunState(BaseModel):
         return self.model_dump_json(exclude_none=True)
 
 
-_TERMINAL_TYPES = frozenset({EventType.RESULT, EventType.FAILED, EventType.CANCELLED, EventType.DONE})
+_TERMINAL_TYPES = frozenset(
+    {EventType.RESULT, EventType.FAILED, EventType.CANCELLED, EventType.DONE}
+)

@@ -10,8 +10,10 @@ hint on the first event, and a prompt, clean cancel when the client goes away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from starlette.background import BackgroundTask
 from starlette.responses import Response
@@ -20,7 +22,13 @@ from starlette.types import Message, Receive, Scope, Send
 from ._store import Subscription
 from ._wire import JSONL_KEEPALIVE, SSE_KEEPALIVE
 
-__all__ = ["JSONL_MEDIA_TYPES", "SSE_MEDIA_TYPE", "EventStreamResponse", "negotiate_media_type"]
+__all__ = [
+    "JSONL_MEDIA_TYPES",
+    "SSE_MEDIA_TYPE",
+    "EventStreamResponse",
+    "StreamHandle",
+    "negotiate_media_type",
+]
 
 SSE_MEDIA_TYPE = "text/event-stream"
 JSONL_MEDIA_TYPES = ("application/jsonl", "application/x-ndjson")
@@ -88,6 +96,8 @@ class EventStreamResponse(Response):
             client disconnects, or the server stops it.
         background: run after a stream that ended normally.
         status_code: default 200.
+        registry: a set the open stream's `StreamHandle` is kept in while it streams, so a
+            server that shuts down can close it (see `StreamHandle.stop`).
     """
 
     def __init__(
@@ -101,7 +111,9 @@ class EventStreamResponse(Response):
         on_close: OnClose | None = None,
         background: BackgroundTask | None = None,
         status_code: int = 200,
+        registry: set[StreamHandle] | None = None,
     ) -> None:
+        self.registry = registry
         self._subscription = subscription
         self.status_code = status_code
         self.media_type = media_type
@@ -125,7 +137,9 @@ class EventStreamResponse(Response):
         )
         task = asyncio.current_task()
         assert task is not None
-        state = _ConnectionState()
+        state = StreamHandle(task)
+        if self.registry is not None:
+            self.registry.add(state)
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, state))
         jsonl = self.media_type != SSE_MEDIA_TYPE
         keepalive = JSONL_KEEPALIVE if jsonl else SSE_KEEPALIVE
@@ -133,7 +147,11 @@ class EventStreamResponse(Response):
         retry = self.retry
         try:
             await send(
-                {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
             )
             while (batch := await subscription.next_batch(timeout)) is not None:
                 if not batch:
@@ -153,26 +171,41 @@ class EventStreamResponse(Response):
             if self.background is not None:
                 await self.background()
         except asyncio.CancelledError:
-            if not state.disconnected:
+            if not (state.disconnected or state.stopping):
                 raise
             task.uncancel()
+            if state.stopping and not state.disconnected:
+                with contextlib.suppress(OSError):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:  # the transport broke while writing: the client is gone
             state.disconnected = True
         finally:
             state.closing = True
             watcher.cancel()
+            if self.registry is not None:
+                self.registry.discard(state)
             await _close(subscription, self.on_close)
 
 
-class _ConnectionState:
-    __slots__ = ("closing", "disconnected")
+class StreamHandle:
+    """An open stream, as kept in a response's ``registry``."""
 
-    def __init__(self) -> None:
+    __slots__ = ("closing", "disconnected", "stopping", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
         self.closing = False
         self.disconnected = False
+        self.stopping = False
+
+    def stop(self) -> None:
+        """End the stream now (the response closes cleanly; the client may reconnect)."""
+        if not self.closing and not self.stopping:
+            self.stopping = True
+            self.task.cancel()
 
 
-async def _watch_disconnect(receive: Receive, task: asyncio.Task[None], state: _ConnectionState) -> None:
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], state: StreamHandle) -> None:
     while True:
         message: Message = await receive()
         if message["type"] == "http.disconnect":

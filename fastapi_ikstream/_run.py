@@ -195,7 +195,7 @@ class StreamingRun:
         return self._task
 
     def cancel(self, reason: str = "cancelled") -> None:
-        """Cancel the deployment; the run ends with ``cancelled`` (code ``cancelled``) and ``done``."""
+        """Cancel the deployment: the run ends with ``cancelled`` (code ``cancelled``), ``done``."""
         if self._task is not None and not self._task.done():
             self._cancel_reason = reason
             self._task.cancel()
@@ -450,4 +450,3 @@ class StreamingRun:
             on_close=on_close,
             background=background,
         )
-

@@ -38,7 +38,7 @@ class StoredEvent:
 
     __slots__ = ("_sse", "data", "run_id", "seq", "type")
 
-    def __init__(self, run_id: str, seq: int, type: str, data: str) -> None:  # noqa: A002
+    def __init__(self, run_id: str, seq: int, type: str, data: str) -> None:
         self.run_id = run_id
         self.seq = seq
         self.type = type

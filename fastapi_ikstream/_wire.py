@@ -1,12 +1,12 @@
-"""The stream on the wire: Server-Sent Events and JSON lines.
+r"""The stream on the wire: Server-Sent Events and JSON lines.
 
 SSE blocks are encoded exactly as FastAPI's ``fastapi.sse.format_sse_event`` encodes them
 (field order ``event``, ``data``, ``id``, ``retry``; LF line ends; UTF-8 without BOM), by a
 leaner function that a test proves byte-identical to it. Each block has exactly one
 ``data:`` line of compact JSON, so no block ever lacks data (see ``WIRE.md`` rule 2).
 
-Keep-alives differ on purpose from FastAPI's ``": ping\\n\\n"``: ours is a comment line with
-no blank line after it (``b": keep-alive\\n"``). A comment followed by a blank line is a block
+Keep-alives differ on purpose from FastAPI's ``": ping\n\n"``: ours is a comment line with
+no blank line after it (``b": keep-alive\n"``). A comment followed by a blank line is a block
 without data, which ``httpx-sse`` and ``@microsoft/fetch-event-source`` turn into an empty
 event once an id has been seen; a lone comment line is folded into the next block and
 ignored by every parser (HTML Living Standard, §9.2.6 "Interpreting an event stream").
@@ -33,7 +33,7 @@ JSONL_KEEPALIVE: Final = b'{"type":"keepalive"}\n'
 """Keep-alive for JSON lines."""
 
 
-def sse_block(data: str, event: str, id: str, retry: int | None = None) -> bytes:  # noqa: A002
+def sse_block(data: str, event: str, id: str, retry: int | None = None) -> bytes:
     """Encode one SSE block, byte-identical to ``format_sse_event(data_str=…, event=…, id=…)``.
 
     Args:
@@ -51,7 +51,7 @@ def sse_block(data: str, event: str, id: str, retry: int | None = None) -> bytes
 
 
 def encode_sse(state: RunState, *, retry: int | None = None) -> bytes:
-    """Encode a run state as one SSE block: ``event: {type}``, ``data: {json}``, ``id: {run_id}:{seq}``.
+    """Encode a run state as one SSE block: ``event``, ``data`` (JSON), ``id`` (``run_id:seq``).
 
     Args:
         state: the event to encode.
@@ -64,5 +64,5 @@ def encode_sse(state: RunState, *, retry: int | None = None) -> bytes:
 
 
 def encode_jsonl(state: RunState) -> bytes:
-    """Encode a run state as one JSON line (compact JSON and ``\\n``)."""
+    """Encode a run state as one JSON line: compact JSON and a line feed."""
     return state.to_json().encode() + b"\n"
