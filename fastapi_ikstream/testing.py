@@ -1,0 +1,97 @@
+"""Test helpers for users of fastapi-ikstream: a fake deployment to put behind a router.
+
+Example::
+
+    from fastapi_ikstream.testing import FakeDeployment
+
+    fake = FakeDeployment([{"state": "STARTED", "progress": {"current": 1, "total": 2}},
+                           {"results": [{"DATA_DICT": {"ok": True}}]}])
+    app.dependency_overrides[router.deployment_provider] = lambda: fake
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._exceptions import DeploymentError
+from ._run import RunSource
+
+__all__ = ["FakeCall", "FakeDeployment"]
+
+
+@dataclass
+class FakeCall:
+    """One run of a `FakeDeployment`: what it was given and how it ended.
+
+    Attributes:
+        inputs: the run's inputs.
+        parameters: the run's parameters.
+        sent: how many updates it produced.
+        cancelled: true if the run was cancelled (client gone, ``DELETE``, shutdown).
+        finished: true if it produced all its updates.
+    """
+
+    inputs: Any
+    parameters: Mapping[str, Any]
+    sent: int = 0
+    cancelled: bool = False
+    finished: bool = False
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class FakeDeployment:
+    """A deployment that replays a fixed list of updates; for tests.
+
+    Args:
+        states: updates to produce, in order: dicts of update fields (``state``, ``status``,
+            ``progress``, ``eta``, ``logs``, ``partial_output``, ``results``). Without a
+            ``results`` item the run ends with empty results.
+        fail_at: index of the update at which the run fails instead (a `DeploymentError` with
+            code ``fake_failure``); None never fails. Default None.
+        delay: seconds to wait before each update. Default 0.
+        message: the failure's public message. Default ``"fake failure"``.
+
+    Attributes:
+        calls: one `FakeCall` per run, in order.
+    """
+
+    def __init__(
+        self,
+        states: Sequence[Mapping[str, Any]],
+        *,
+        fail_at: int | None = None,
+        delay: float = 0,
+        message: str = "fake failure",
+    ) -> None:
+        self.states = [dict(state) for state in states]
+        self.fail_at = fail_at
+        self.delay = delay
+        self.message = message
+        self.calls: list[FakeCall] = []
+
+    def open_run(self, inputs: Any, parameters: Mapping[str, Any]) -> RunSource:
+        """See `fastapi_ikstream.Deployment.open_run`."""
+        call = FakeCall(inputs=inputs, parameters=dict(parameters))
+        self.calls.append(call)
+        return self._replay(call)
+
+    async def _replay(self, call: FakeCall) -> AsyncIterator[dict[str, Any]]:
+        try:
+            for index, state in enumerate(self.states):
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                if index == self.fail_at:
+                    raise DeploymentError(self.message, code="fake_failure")
+                call.sent += 1
+                yield state
+            if self.fail_at is not None and self.fail_at >= len(self.states):
+                raise DeploymentError(self.message, code="fake_failure")
+            call.finished = True
+        except (asyncio.CancelledError, GeneratorExit):
+            call.cancelled = True
+            raise
+        finally:
+            call.event.set()
