@@ -46,6 +46,7 @@ def _error(description: str) -> dict[str, Any]:
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("The body could not be parsed (not JSON, or a bad Content-Length)."),
     401: _error("Missing or invalid credentials (`WWW-Authenticate` says why)."),
     403: _error("The credentials lack a required scope."),
     404: _error("No such run, or not the caller's."),

@@ -7,31 +7,36 @@ import binascii
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["RunRequest", "decode_image_input"]
+__all__ = ["RunQuery", "RunRequest", "decode_image_input"]
 
-_DATA_URL = re.compile(
-    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w-]+=[\w.-]+)*;base64,(?P<b64>.*)$", re.S
+_B64_BODY = (
+    r"(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{4}|[A-Za-z0-9+/_-]{3}=|[A-Za-z0-9+/_-]{2}==)"
 )
-_B64 = re.compile(r"^[A-Za-z0-9+/_-]*={0,2}$")
+_TOKEN = r"[A-Za-z0-9_.+-]+"
+_DATA_PREFIX = rf"data:{_TOKEN}/{_TOKEN}(?:;{_TOKEN}={_TOKEN})*;base64,"
+INPUT_PATTERN = rf"^(?:(?:https?|s3|gs)://[!-~]+|(?:{_DATA_PREFIX})?{_B64_BODY})$"
+"""What a string input must look like: a storage URL, or base64 with an optional data: prefix."""
 
+_DATA_URL = re.compile(rf"^{_DATA_PREFIX}")
 
-def _check_input(value: str | dict[str, Any]) -> str | dict[str, Any]:
-    if isinstance(value, dict):
-        if len(value) != 1:
-            raise ValueError("an input object has exactly one key, e.g. {'image': '<base64>'}")
-        return value
-    if value.startswith(("http://", "https://", "s3://", "gs://")):
-        return value
-    match = _DATA_URL.match(value)
-    payload = match.group("b64") if match else value
-    if not payload or len(payload) % 4 or not _B64.match(payload):
-        raise ValueError("expected base64 image data, a data: URL with base64, or a storage URL")
-    return value
-
-
-InputItem = Annotated[str | dict[str, Any], AfterValidator(_check_input)]
+ImageString = Annotated[
+    str,
+    Field(
+        pattern=INPUT_PATTERN,
+        description="An image as base64, a data: URL with base64, or a storage URL.",
+    ),
+]
+InputObject = Annotated[
+    dict[str, Any],
+    Field(
+        min_length=1,
+        max_length=1,
+        description="A raw SCALE input object with one key, e.g. {'image': '<base64>'}.",
+    ),
+]
+InputItem = ImageString | InputObject
 
 
 class RunRequest(BaseModel):
@@ -54,6 +59,20 @@ class RunRequest(BaseModel):
     task_name: str | None = Field(default=None, max_length=200)
 
 
+class RunQuery(BaseModel):
+    """`RunRequest` as a query string, for ``GET {path}/stream`` (``EventSource`` can only GET).
+
+    ``inputs`` repeats (``?inputs=…&inputs=…``); every other query parameter (but the
+    access-token parameter, if any, and ``last_event_id``) becomes a run parameter:
+    ``?inputs=…&threshold=100`` runs with ``{"threshold": "100"}``.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: list[ImageString] = Field(default_factory=list, max_length=16)
+    task_name: str | None = Field(default=None, max_length=200)
+
+
 def decode_image_input(value: str | dict[str, Any]) -> bytes | str:
     """Turn one input into image bytes (base64 and data URLs) or leave a URL as it is.
 
@@ -68,7 +87,7 @@ def decode_image_input(value: str | dict[str, Any]) -> bytes | str:
     if value.startswith(("http://", "https://", "s3://", "gs://")):
         return value
     match = _DATA_URL.match(value)
-    payload = match.group("b64") if match else value
+    payload = value[match.end() :] if match else value
     try:
         return base64.b64decode(payload.replace("-", "+").replace("_", "/"), validate=True)
     except binascii.Error as exc:

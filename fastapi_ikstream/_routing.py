@@ -12,16 +12,18 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.params import Depends as DependsParam
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError, model_validator
+from starlette.types import Receive, Scope, Send
 
 from ._deployments import Deployment, as_deployment
 from ._exceptions import RunNotFoundError, StoreError
 from ._models import EventType, RunState
 from ._openapi import ERROR_RESPONSES, RunCreated, RunSnapshot, stream_responses
-from ._request import RunRequest
+from ._request import RunQuery, RunRequest
 from ._response import EventStreamResponse, negotiate_media_type
 from ._run import DEFAULT_TIMEOUT, StreamingRun, new_run_id
 from ._runs import DisconnectPolicy, RunManager
@@ -158,7 +160,25 @@ def _parse_last_event_id(value: str | None) -> tuple[str | None, int] | None:
 
 
 def _route_class(max_body_size: int) -> type[APIRoute]:
+    allowed: dict[str, set[str]] = {}
+
     class BodyLimitedRoute(APIRoute):
+        """Answers 413 (JSON) for a body over the limit; a 405 lists every method of the path."""
+
+        def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+            super().__init__(path, endpoint, **kwargs)
+            allowed.setdefault(self.path, set()).update(self.methods or ())
+
+        async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if self.methods and scope["method"] not in self.methods:
+                methods = ", ".join(sorted(allowed.get(self.path, self.methods)))
+                response = JSONResponse(
+                    {"detail": "Method Not Allowed"}, 405, headers={"Allow": methods}
+                )
+                await response(scope, receive, send)
+                return
+            await super().handle(scope, receive, send)
+
         def get_route_handler(self) -> Callable[[Request], Any]:
             handler = super().get_route_handler()
 
@@ -183,6 +203,16 @@ def _route_class(max_body_size: int) -> type[APIRoute]:
             return limited
 
     return BodyLimitedRoute
+
+
+def _drop_empty_items(cls: type[BaseModel], data: Any) -> Any:
+    """``?inputs=`` is how an empty list looks in a query string: read it as ``[]``."""
+    if isinstance(data, dict):
+        return {
+            key: [item for item in value if item != ""] if isinstance(value, list) else value
+            for key, value in data.items()
+        }
+    return data
 
 
 def _too_large(limit: int) -> JSONResponse:
@@ -370,12 +400,38 @@ def create_router(
         request.state.ikstream_input = payload
         return payload
 
+    reserved = {"inputs", "task_name", "last_event_id", getattr(auth, "query_param", None)}
+
     def query_input(request: Request, payload: Annotated[Any, Query()]) -> Any:
+        if isinstance(payload, RunQuery):
+            parameters = {
+                key: value for key, value in request.query_params.items() if key not in reserved
+            }
+            try:
+                payload = RunRequest(
+                    inputs=payload.inputs, task_name=payload.task_name, parameters=parameters
+                )
+            except ValidationError as exc:
+                raise RequestValidationError(exc.errors(include_url=False)) from exc
         request.state.ikstream_input = payload
         return payload
 
+    # Query strings carry other things too (an access token, a cache buster): ignore them.
+    query_model = (
+        RunQuery
+        if model is RunRequest
+        else type(
+            model.__name__ + "Query",
+            (model,),
+            {
+                "model_config": {**model.model_config, "extra": "ignore"},
+                "__module__": model.__module__,
+                "_drop_empty_items": model_validator(mode="before")(_drop_empty_items),
+            },
+        )
+    )
     body_input.__annotations__["payload"] = Annotated[model, Body()]
-    query_input.__annotations__["payload"] = Annotated[model, Query()]
+    query_input.__annotations__["payload"] = Annotated[query_model, Query()]
 
     async def start(run: StreamingRun, admitted: _Admission) -> None:
         try:

@@ -77,6 +77,8 @@ class RunManager:
                 return
             self.store.set_cancel_handler(self._on_cancel)
             await self.store.start()
+            self.accepting = True
+            self._shutdown_task = None
             self._loop = asyncio.get_running_loop()
             self._started = True
 

@@ -19,8 +19,9 @@ from fastapi_ikstream._wire import JSONL_KEEPALIVE, SSE_KEEPALIVE, sse_block
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
     max_leaves=10,
 )
 
@@ -88,9 +89,7 @@ def test_every_kind_encodes_one_data_line_lf_utf8_no_bom():
         text = block.decode("utf-8")
         lines = text.split("\n")
         assert lines[-2:] == ["", ""]
-        assert [line for line in lines if line.startswith("data:")] == [
-            "data: " + state.to_json()
-        ]
+        assert [line for line in lines if line.startswith("data:")] == ["data: " + state.to_json()]
         assert f"event: {state.type.value}" in lines
         assert f"id: {state.run_id}:{state.seq}" in lines
         assert json.loads(state.to_json())["type"] == state.type.value
