@@ -229,6 +229,7 @@ def create_router(
     auth: Callable[..., Any] | None = None,
     rate_limit: Any = None,
     rate_limit_storage: str = "memory://",
+    rate_limit_scope: str | None = None,
     max_concurrent_runs: int | None = None,
     keep_alive: float = 10.0,
     retry: int | None = 3000,
@@ -265,6 +266,8 @@ def create_router(
         auth: a dependency giving the caller's ``Principal`` (e.g. ``JWTBearer``); None is open.
         rate_limit: ``"10/minute;200/day"`` or a ``RateLimit``; per principal (or address).
         rate_limit_storage: ``limits`` storage URI, ``memory://`` or ``redis://…``.
+        rate_limit_scope: the budget's name in a shared storage, the same in every worker.
+            Default ``"ikstream:{name}"`` for a shared storage, unique to the router in memory.
         max_concurrent_runs: runs one principal may have going at once (429 beyond).
         keep_alive: seconds of silence before a keep-alive is sent; 0 disables. Default 10.0.
         retry: SSE ``retry:`` in milliseconds on each connection's first event. Default 3000.
@@ -306,13 +309,19 @@ def create_router(
         keep_alive=keep_alive,
         retry=retry,
     )
+    # A shared storage needs the same budget name in every worker: derive it from the router.
+    shared = not rate_limit_storage.startswith("memory://")
+    scope = rate_limit_scope or (f"ikstream:{label}" if shared else None)
     limiter = None
     if rate_limit is not None:
         from .ratelimit import RateLimit
 
         limiter = (
             RateLimit(
-                rate_limit, storage_uri=rate_limit_storage, trust_forwarded_for=trust_forwarded_for
+                rate_limit,
+                storage_uri=rate_limit_storage,
+                scope=scope,
+                trust_forwarded_for=trust_forwarded_for,
             )
             if isinstance(rate_limit, str)
             else rate_limit
@@ -321,7 +330,9 @@ def create_router(
     if max_concurrent_runs is not None:
         from .ratelimit import ConcurrencyLimit
 
-        concurrency = ConcurrencyLimit(max_concurrent_runs, storage_uri=rate_limit_storage)
+        concurrency = ConcurrencyLimit(
+            max_concurrent_runs, storage_uri=rate_limit_storage, scope=scope
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
@@ -359,10 +370,9 @@ def create_router(
         subject = subject_of(principal)
         if subject is not None:
             return "principal:" + subject
-        host = request.client.host if request.client else "unknown"
-        if trust_forwarded_for and (forwarded := request.headers.get("x-forwarded-for")):
-            host = forwarded.split(",")[0].strip()
-        return "address:" + host
+        from .ratelimit import client_address
+
+        return "address:" + client_address(request, trust_forwarded_for=trust_forwarded_for)
 
     def media_type_dep(request: Request) -> str:
         media_type = negotiate_media_type(request.headers.get("accept"))

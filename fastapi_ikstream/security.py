@@ -3,6 +3,7 @@
 Both are callable classes, like `fastapi.security.HTTPBearer`: configure them once, use the
 instance as a dependency, and read the caller as a `Principal`::
 
+    from typing import Annotated
     from fastapi import Security
     from fastapi_ikstream.security import JWTBearer, Principal
 
@@ -10,7 +11,7 @@ instance as a dependency, and read the caller as a `Principal`::
                      audience="image-api", issuer="https://issuer/", scopes=["images:generate"])
 
     @app.get("/me")
-    async def me(principal: Principal = Security(auth)) -> dict[str, str]:
+    async def me(principal: Annotated[Principal, Security(auth)]) -> dict[str, str]:
         return {"subject": principal.subject}
 
 A refused caller gets a JSON body (``{"detail": "..."}``) and a real status: 401 with
@@ -193,7 +194,7 @@ class JWTBearer(SecurityBase):
         self.max_token_bytes = max_token_bytes
         self.realm = realm
         self._jwks = _JWKSCache(
-            jwks_url, jwks_timeout, jwks_cache_seconds, jwks_min_refresh_seconds, self.algorithms
+            jwks_url, jwks_timeout, jwks_cache_seconds, jwks_min_refresh_seconds
         )
         self.model = HTTPBearerModel(bearerFormat="JWT", description=description)
         self.scheme_name = scheme_name or type(self).__name__
@@ -214,7 +215,10 @@ class JWTBearer(SecurityBase):
         try:
             if not token:
                 raise _TokenRejected("The bearer token is empty.")
-            if len(token) > self.max_token_bytes or len(token.encode()) > self.max_token_bytes:
+            if (
+                len(token) > self.max_token_bytes
+                or len(token.encode("utf-8", "replace")) > self.max_token_bytes
+            ):
                 raise _TokenRejected("The token is too large.")
             claims = await self._verify(token)
         except _TokenRejected as exc:
@@ -243,10 +247,13 @@ class JWTBearer(SecurityBase):
             alg = header.get("alg")
             if not isinstance(alg, str) or alg not in self.algorithms:
                 raise _TokenRejected("The token's signing algorithm is not accepted.")
+            kid = header.get("kid")
+            if kid is not None and not isinstance(kid, str):
+                raise _TokenRejected("The token's key id (kid) is invalid.")
             if self._static_keys:
                 keys: list[Any] = [self._static_keys[alg]]
             else:
-                keys = await self._jwks.keys_for(header.get("kid"), alg)
+                keys = await self._jwks.keys_for(kid, alg)
             claims = _jose_decode(token, keys, alg, self)
         except (_TokenRejected, HTTPException):
             raise
@@ -304,19 +311,17 @@ class _JWKSCache:
         timeout: float,
         cache_seconds: float,
         min_refresh_seconds: float,
-        algorithms: frozenset[str],
     ) -> None:
         self.url = url
         self.timeout = timeout
         self.cache_seconds = cache_seconds
         self.min_refresh_seconds = min_refresh_seconds
-        self.algorithms = algorithms
         self.keys: list[dict[str, Any]] = []
         self.fetched_at: float | None = None  # monotonic time of the last good fetch
         self.tried_at: float | None = None  # monotonic time of the last attempt
         self._pending: asyncio.Future[None] | None = None  # one fetch, awaited by all
 
-    def _match(self, kid: object, alg: str) -> list[dict[str, Any]]:
+    def _match(self, kid: str | None, alg: str) -> list[dict[str, Any]]:
         return [
             key
             for key in self.keys
@@ -325,9 +330,7 @@ class _JWKSCache:
             and (kid is None or key.get("kid") == kid)
         ]
 
-    async def keys_for(self, kid: object, alg: str) -> list[dict[str, Any]]:
-        if kid is not None and not isinstance(kid, str):
-            raise _TokenRejected("The token's key id (kid) is invalid.")
+    async def keys_for(self, kid: str | None, alg: str) -> list[dict[str, Any]]:
         now = time.monotonic()
         found = self._match(kid, alg)
         fresh = self.fetched_at is not None and now - self.fetched_at < self.cache_seconds
