@@ -28,4 +28,4 @@ echo "== mypy --strict";       .venv/bin/mypy
 echo "== pytest"
 .venv/bin/python -m pytest -p no:cacheprovider --cov --cov-report=term "$@"
 echo "== mkdocs build --strict"
-.venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
