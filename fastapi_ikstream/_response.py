@@ -175,8 +175,10 @@ class EventStreamResponse(Response):
                 raise
             task.uncancel()
             if state.stopping and not state.disconnected:
+                # The reconnection delay as a lone field line: no blank line, so no event.
+                hint = b"" if self.retry is None else b"retry: %d\n" % self.retry
                 with contextlib.suppress(OSError):
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    await send({"type": "http.response.body", "body": hint, "more_body": False})
         except OSError:  # the transport broke while writing: the client is gone
             state.disconnected = True
         finally:
@@ -199,7 +201,11 @@ class StreamHandle:
         self.stopping = False
 
     def stop(self) -> None:
-        """End the stream now (the response closes cleanly; the client may reconnect)."""
+        """End the stream now: the response closes cleanly and the client may reconnect.
+
+        An SSE stream with a ``retry`` delay gets it as a last ``retry:`` line, with no blank
+        line after it, so it dispatches no event.
+        """
         if not self.closing and not self.stopping:
             self.stopping = True
             self.task.cancel()

@@ -101,7 +101,10 @@ class RunProvider:
         else:
             inputs, parameters = payload, {}
         run = StreamingRun(
-            as_deployment(deployment).open_run(inputs, parameters),
+            # a request that resumes a known run (see ``admission``) opens no new one
+            _never_started
+            if getattr(request.state, "ikstream_resume", False)
+            else as_deployment(deployment).open_run(inputs, parameters),
             run_id=new_run_id(),
             inputs=inputs if self.include_inputs and isinstance(payload, RunRequest) else None,
             include_inputs=self.include_inputs,
@@ -120,6 +123,10 @@ class RunProvider:
 
 
 _KW = inspect.Parameter.POSITIONAL_OR_KEYWORD
+
+
+def _never_started(on_progress: Any) -> None:
+    """The source of a run made for a request that resumes another run; it never starts."""
 
 
 @dataclass(slots=True)
@@ -397,6 +404,7 @@ def create_router(
         if not manager.accepting:
             raise HTTPException(503, detail="The server is shutting down; try again.")
         if request.url.path.endswith("/stream") and await resumable(request, principal):
+            request.state.ikstream_resume = True
             return _Admission(principal, {}, None)
         headers: dict[str, str] = {}
         if limiter is not None:
@@ -624,6 +632,8 @@ def create_router(
             cursor = after_seq
         if info.finished and cursor >= info.last_seq:
             return Response(status_code=204)
+        if not manager.accepting:  # a stream opened now would hold the shutdown up
+            raise HTTPException(503, detail="The server is shutting down; try again.")
         try:
             return await open_stream(run_id, cursor, media_type, {})
         except RunNotFoundError as exc:

@@ -125,7 +125,8 @@ class RunManager:
     async def reader_left(self, run_id: str) -> None:
         """Count a reader out; with the ``cancel`` policy, cancel after the grace time."""
         remaining = await self.store.add_watcher(run_id, -1)
-        if remaining > 0 or self.on_disconnect != "cancel":
+        # At shutdown the server closed the stream, not the client: the run drains instead.
+        if remaining > 0 or self.on_disconnect != "cancel" or not self.accepting:
             return
         if self.reconnect_grace <= 0:
             await self._cancel_if_unwatched(run_id)
@@ -156,7 +157,7 @@ class RunManager:
             return
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous = signal.getsignal(sig)
-            if getattr(previous, "_ikstream", False):
+            if getattr(previous, "_ikstream", None) is self:  # other routers' handlers chain
                 continue
             self._previous_handlers[sig] = previous
 
@@ -165,7 +166,7 @@ class RunManager:
                 if callable(previous):
                     previous(signum, frame)
 
-            handler._ikstream = True  # type: ignore[attr-defined]
+            handler._ikstream = self  # type: ignore[attr-defined]
             signal.signal(sig, handler)
 
     def restore_signal_handlers(self) -> None:
