@@ -690,6 +690,10 @@ def create_router(
             include_in_schema=False,
         )
         async def browser_js() -> FileResponse:
-            return FileResponse(_STATIC, media_type="text/javascript")
+            return FileResponse(
+                _STATIC,
+                media_type="text/javascript",
+                headers={"Cache-Control": "public, max-age=3600"},
+            )
 
     return router
