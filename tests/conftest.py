@@ -6,11 +6,13 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
 import uvicorn
+from playwright.async_api import Browser, async_playwright
 
 
 def free_port() -> int:
@@ -66,3 +68,27 @@ def serve(app: Any, **config: Any) -> Iterator[ThreadServer]:
 def serve_app() -> Callable[..., contextlib.AbstractContextManager[ThreadServer]]:
     """``with serve_app(app) as server: server.url`` starts a real uvicorn server."""
     return serve
+
+
+CHROMIUM = "/usr/bin/chromium"
+"""Debian's Chromium (Playwright cannot download a browser of its own here)."""
+
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Chromium driven by Playwright, one per test module."""
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        await chromium.close()

@@ -14,7 +14,7 @@ import pytest_asyncio
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
 from PIL import Image
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 from pydantic import BaseModel
 
 from fastapi_ikstream import (
@@ -33,16 +33,6 @@ pytestmark = [
     pytest.mark.timeout(60),
 ]
 
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 MODULE = importlib.resources.files("fastapi_ikstream") / "static" / "ikstream.js"
 
 
@@ -175,16 +165,6 @@ def make_app() -> FastAPI:
 
     app.include_router(create_router(routed, path="/job"), prefix="/api")
     return app
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-        )
-        yield chromium
-        await chromium.close()
 
 
 @pytest.fixture

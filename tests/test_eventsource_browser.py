@@ -13,10 +13,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
-from playwright.async_api import Browser, async_playwright
 
 from fastapi_ikstream import create_router
 from fastapi_ikstream.testing import FakeDeployment
@@ -27,29 +25,9 @@ pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
 ]
 
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PROGRESS = 12
 TOTAL = PROGRESS + 3  # run, progress…, result, done
 KINDS = ["run", "progress", "log", "partial", "result", "failed", "cancelled", "done", "reset"]
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-        )
-        yield chromium
-        await chromium.close()
 
 
 def make_app(deployment: FakeDeployment) -> FastAPI:

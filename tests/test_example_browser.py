@@ -14,8 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 
 from example_app.main import API_PATH, create_app
 from example_app.workflow import SAMPLES
@@ -26,16 +25,6 @@ pytestmark = [
     pytest.mark.timeout(90),
 ]
 
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "img"
 STAGE_DELAY_MS = 250
 
@@ -46,16 +35,6 @@ READ_VIEW = """() => ({
   max: document.getElementById("progress").max,
   eta: document.getElementById("eta").textContent,
 })"""
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-        )
-        yield chromium
-        await chromium.close()
 
 
 @contextlib.asynccontextmanager
