@@ -22,8 +22,8 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,docs]"
 
-echo "== ruff check";          .venv/bin/ruff check fastapi_ikstream example_app bench
-echo "== ruff format --check"; .venv/bin/ruff format --check fastapi_ikstream example_app bench
+echo "== ruff check";          .venv/bin/ruff check fastapi_ikstream example_app bench tests
+echo "== ruff format --check"; .venv/bin/ruff format --check fastapi_ikstream example_app bench tests
 echo "== mypy --strict";       .venv/bin/mypy
 echo "== pytest"
 .venv/bin/python -m pytest -p no:cacheprovider --cov --cov-report=term "$@"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
 import httpx
 from fastapi import Depends, FastAPI
@@ -40,7 +41,7 @@ async def test_auth_runs_before_the_first_byte_and_principal_is_usable():
     app.include_router(create_router(QUICK, path="/gen", auth=AUTH), prefix="/api")
 
     @app.get("/me")
-    async def me(principal: Principal = Depends(AUTH)):
+    async def me(principal: Annotated[Principal, Depends(AUTH)]):
         return {"subject": principal.subject}
 
     async with client_for(app) as client:
@@ -51,12 +52,14 @@ async def test_auth_runs_before_the_first_byte_and_principal_is_usable():
         response = await client.post(
             "/api/gen/stream", json={}, headers={"authorization": "Bearer garbage"}
         )
-        assert response.status_code == 401 and "garbage" not in response.text
+        assert response.status_code == 401
+        assert "garbage" not in response.text
         response = await client.post("/api/gen/stream", json={}, headers=bearer("bob", "other"))
         assert response.status_code == 403
         assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
         response = await client.post("/api/gen/stream", json={}, headers=bearer("alice"))
-        assert response.status_code == 200 and "event: done" in response.text
+        assert response.status_code == 200
+        assert "event: done" in response.text
         response = await client.get("/me", headers=bearer("alice"))
         assert response.json() == {"subject": "alice"}
     schema = app.openapi()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 
@@ -75,7 +76,8 @@ async def test_three_endpoints_under_a_prefix_and_two_deployments():
         response = await client.post("/api/generate-image", json={"prompt": "x"})
         assert response.status_code == 200
         final = RunState.model_validate(response.json())
-        assert final.type == "result" and final.results[0]["DATA_DICT"]["prompt"] == "x"
+        assert final.type == "result"
+        assert final.results[0]["DATA_DICT"]["prompt"] == "x"
 
         response = await client.post(
             "/v2/detect/stream",
@@ -181,7 +183,8 @@ async def test_dependency_override_with_fake_deployment():
     events = sse_events(response.text)
     assert [e["type"] for e in events] == ["run", "progress", "log", "result", "done"]
     assert events[3]["results"] == [{"DATA_DICT": {"fake": True}}]
-    assert fake.calls[0].inputs == PromptIn(prompt="p") and fake.calls[0].finished
+    assert fake.calls[0].inputs == PromptIn(prompt="p")
+    assert fake.calls[0].finished
 
     failing = FakeDeployment([{"state": "STARTED"}, {"state": "RUNNING"}], fail_at=1)
     app.dependency_overrides[router.deployment_provider] = lambda: failing
@@ -276,7 +279,7 @@ async def test_incremental_delivery_over_a_real_server(serve_app):
                 assert kinds == ["run"] + ["progress"] * 4 + ["result", "done"]
                 progress_times = [t for kind, t in arrivals if kind == "progress"]
                 # each progress event arrives about one delay after the previous one
-                gaps = [b - a for a, b in zip(progress_times, progress_times[1:], strict=False)]
+                gaps = [b - a for a, b in itertools.pairwise(progress_times)]
                 assert all(gap > 0.08 for gap in gaps), gaps
                 assert arrivals[1][1] < arrivals[-1][1] - 0.4
 

@@ -65,11 +65,13 @@ async def test_ikclient_callback_form_maps_states_and_results():
         RunStatus.RUNNING,
     ]
     assert states[3].eta == (1500, 4000)
-    assert states[5].results == results and states[5].state == "SUCCESS"
+    assert states[5].results == results
+    assert states[5].state == "SUCCESS"
     assert states[5].eta == (0, 0)
     assert states[-1].status is RunStatus.COMPLETED
     assert len({s.run_id for s in states}) == 1
-    assert states[0].run_id.startswith("r_") and len(states[0].run_id) == 26
+    assert states[0].run_id.startswith("r_")
+    assert len(states[0].run_id) == 26
 
 
 async def test_dict_form_and_async_generator_form():
@@ -83,8 +85,10 @@ async def test_dict_form_and_async_generator_form():
     states = await collect(StreamingRun(gen()))
     kinds = [s.type for s in states]
     assert kinds == ["run", "progress", "progress", "log", "partial", "result", "done"]
-    assert states[1].status is RunStatus.PREPARING and states[1].logs[0].message == "loading"
-    assert states[2].progress.current == 1 and states[2].progress.total == 3
+    assert states[1].status is RunStatus.PREPARING
+    assert states[1].logs[0].message == "loading"
+    assert states[2].progress.current == 1
+    assert states[2].progress.total == 3
     assert states[3].logs[0].level == "WARNING"
     assert states[4].partial_output == {"text": "hel"}
 
@@ -115,9 +119,13 @@ async def test_consumed_once():
 async def test_failure_yields_failed_then_done_then_raises():
     run = StreamingRun(ikclient_like([], fail=True))
     seen = []
-    with pytest.raises(RunFailedError) as info:
+
+    async def read() -> None:
         async for state in run.aiter_states():
             seen.append(state)
+
+    with pytest.raises(RunFailedError) as info:
+        await read()
     assert [s.type for s in seen[-2:]] == ["failed", "done"]
     failed = seen[-2]
     assert failed.error.code == "upstream_failed"
@@ -137,9 +145,11 @@ async def test_raise_on_error_false_and_unexpected_exception_is_sanitized(caplog
     with caplog.at_level(logging.ERROR, logger="fastapi_ikstream"):
         states = await collect(StreamingRun(broken, raise_on_error=False))
     failed = states[-2]
-    assert failed.type == "failed" and states[-1].type == "done"
+    assert failed.type == "failed"
+    assert states[-1].type == "done"
     assert failed.error.code == "deployment_error"
-    assert secret not in failed.to_json() and "Traceback" not in failed.to_json()
+    assert secret not in failed.to_json()
+    assert "Traceback" not in failed.to_json()
     assert secret in caplog.text  # the details go to the server log
 
 
@@ -150,8 +160,10 @@ async def test_timeout_ends_with_failed_timeout():
     started = time.monotonic()
     states = await collect(StreamingRun(hung, timeout=0.2, raise_on_error=False))
     assert time.monotonic() - started < 2
-    assert states[-2].error.code == "timeout" and states[-2].error.retryable
-    assert states[-1].type == "done" and states[-1].status is RunStatus.FAILED
+    assert states[-2].error.code == "timeout"
+    assert states[-2].error.retryable
+    assert states[-1].type == "done"
+    assert states[-1].status is RunStatus.FAILED
 
 
 async def test_inner_timeout_error_is_not_reported_as_our_timeout():
@@ -186,9 +198,13 @@ async def test_cancel_ends_with_cancelled_and_done():
 
     seen = []
     canceller = asyncio.create_task(cancel_soon())
-    with pytest.raises(RunCancelledError):
+
+    async def read() -> None:
         async for state in run.aiter_states():
             seen.append(state)
+
+    with pytest.raises(RunCancelledError):
+        await read()
     await canceller
     assert [s.type for s in seen[-2:]] == ["cancelled", "done"]
     assert seen[-2].error.message == "stopped by the user"
@@ -227,7 +243,8 @@ async def test_slow_reader_is_bounded_and_told_of_the_gap():
 
     run = StreamingRun(flood, max_events=100)
     rest = [s async for s in run.aiter_states()]  # the flood is produced before the first read
-    assert rest[0].type == "reset" and rest[0].first_seq > 2
+    assert rest[0].type == "reset"
+    assert rest[0].first_seq > 2
     assert rest[0].seq == rest[0].first_seq - 1
     seqs = [s.seq for s in rest[1:]]
     assert seqs == list(range(rest[0].first_seq, rest[0].first_seq + len(seqs)))
@@ -240,7 +257,8 @@ async def test_sse_and_jsonl_bytes():
     assert sse.startswith(b"event: run\ndata: {")
     assert b"\nretry: 3000\n\n" in sse.split(b"\n\n", 1)[0] + b"\n\n"
     assert sse.count(b"retry:") == 1
-    assert sse.endswith(b"\n\n") and b"event: done\n" in sse
+    assert sse.endswith(b"\n\n")
+    assert b"event: done\n" in sse
     lines = b"".join([b async for b in StreamingRun(ikclient_like([])).aiter_jsonl()]).splitlines()
     assert [line.split(b'"type":"')[1].split(b'"')[0] for line in lines][-2:] == [
         b"result",
@@ -300,8 +318,9 @@ async def test_disconnect_cancels_deployment_within_one_second(serve_app):
                     if chunk.count(b"event: progress") >= 1:
                         break
             dropped = time.monotonic()
-        deadline = time.monotonic() + 3
-        while not cancelled_at and time.monotonic() < deadline:
+        for _ in range(300):  # the deployment runs on the server's own loop, in its thread
+            if cancelled_at:
+                break
             await asyncio.sleep(0.01)
         assert cancelled_at, "the deployment never saw the cancellation"
         assert cancelled_at[0] - dropped < 1.0

@@ -127,9 +127,11 @@ async def test_round_trip_through_httpx_sse_without_empty_events():
         return StreamingResponse(body(), media_type="text/event-stream")
 
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-        async with aconnect_sse(client, "GET", "/s") as source:
-            events = [event async for event in source.aiter_sse()]
+    async with (
+        httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+        aconnect_sse(client, "GET", "/s") as source,
+    ):
+        events = [event async for event in source.aiter_sse()]
     assert len(events) == len(states)
     for event, state in zip(events, states, strict=True):
         assert event.data, "an empty event surfaced"
