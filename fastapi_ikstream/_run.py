@@ -94,21 +94,13 @@ def _eta_of(value: Any) -> tuple[int | None, int | None]:
     return (None if low is None else int(low), None if high is None else int(high))
 
 
-def _progress_of(value: Any) -> Progress | None:
-    if value is None or isinstance(value, Progress):
+def _progress_of(value: Any) -> Progress | Mapping[str, Any] | None:
+    """A progress value as `RunState` validates it (a mapping is validated there, in one go)."""
+    if value is None or isinstance(value, Progress | Mapping):
         return value
-    if isinstance(value, Mapping):
-        current, total = value.get("current"), value.get("total")
-        if (
-            len(value) <= 2
-            and isinstance(current, int | float)
-            and (total is None or isinstance(total, int | float))
-        ):  # the common case, already valid: skip validation on the hot path
-            return Progress.model_construct(current=current, total=total)
-        return Progress(**value)
     if isinstance(value, tuple | list):
-        return Progress(current=value[0], total=value[1] if len(value) > 1 else None)
-    return Progress(current=float(value))
+        return {"current": value[0], "total": value[1] if len(value) > 1 else None}
+    return {"current": value}
 
 
 class StreamingRun:
@@ -258,21 +250,14 @@ class StreamingRun:
         if kind is EventType.LOG:
             self._emit(kind, logs=logs)
             return
-        # Every field is normalized above, so the state is built without validation.
-        assert self._sink is not None
-        self._seq += 1
-        self._sink(
-            RunState.model_construct(
-                type=kind,
-                run_id=self.run_id,
-                seq=self._seq,
-                status=self._status,
-                state=self._state,
-                eta=self._eta,
-                progress=_progress_of(update.get("progress")),
-                logs=logs,
-                partial_output=update.get("partial_output"),
-            )
+        self._emit(
+            kind,
+            status=self._status,
+            state=self._state,
+            eta=self._eta,
+            progress=_progress_of(update.get("progress")),
+            logs=logs,
+            partial_output=update.get("partial_output"),
         )
 
     def _send_result(self) -> None:
