@@ -1,0 +1,209 @@
+"""Two uvicorn worker processes sharing runs through one redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from httpx_sse import aconnect_sse
+from redis_server import RedisServer, run_redis_server
+
+pytestmark = pytest.mark.redis
+
+_WORKER = """
+import asyncio, sys
+
+import uvicorn
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from fastapi_ikstream import create_router
+from fastapi_ikstream.redis import RedisRunStore
+
+
+class Job(BaseModel):
+    steps: int = 10
+    delay: float = 0.05
+
+
+async def slow(inputs, parameters, on_progress):
+    for step in range(inputs.steps):
+        on_progress(state="STARTED", progress={"current": step + 1, "total": inputs.steps})
+        await asyncio.sleep(inputs.delay)
+    return [{"DATA_DICT": {"steps": inputs.steps}}]
+
+
+url, prefix, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+store = RedisRunStore(url, prefix=prefix, lease_seconds=0.5, sweep_interval=0.25)
+app = FastAPI()
+app.include_router(
+    create_router(
+        slow, path="/gen", request_model=Job, store=store, on_disconnect="continue", keep_alive=0.5
+    ),
+    prefix="/api",
+)
+uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen[bytes]
+    url: str
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def start_worker(redis_url: str, prefix: str) -> Worker:
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-c", _WORKER, redis_url, prefix, str(port)])
+    worker = Worker(process, f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + 20
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the worker exited with code {process.returncode}")
+        try:
+            if httpx.get(worker.url + "/openapi.json", timeout=1).status_code == 200:
+                return worker
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            worker.stop(signal.SIGKILL)
+            raise RuntimeError("the worker did not start")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with run_redis_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def prefix() -> str:
+    return f"w{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture(scope="module")
+def workers(redis_server: RedisServer, prefix: str) -> Iterator[tuple[Worker, Worker]]:
+    started: list[Worker] = []
+    try:
+        for _ in range(2):
+            started.append(start_worker(redis_server.url, prefix))
+        yield started[0], started[1]
+    finally:
+        for worker in started:
+            worker.stop()
+
+
+async def start_run(client: httpx.AsyncClient, worker: Worker, **job: object) -> str:
+    response = await client.post(worker.url + "/api/gen/runs", json=job)
+    assert response.status_code == 201, response.text
+    run_id = response.json()["run_id"]
+    assert isinstance(run_id, str)
+    return run_id
+
+
+async def read_events(
+    client: httpx.AsyncClient,
+    worker: Worker,
+    run_id: str,
+    last_event_id: str | None = None,
+    stop_after: int | None = None,
+) -> list[tuple[int, str]]:
+    """Events as (seq, type) from a worker; stops after ``stop_after`` events (a drop)."""
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    url = f"{worker.url}/api/gen/runs/{run_id}/events"
+    events: list[tuple[int, str]] = []
+    async with aconnect_sse(client, "GET", url, headers=headers) as source:
+        assert source.response.status_code == 200
+        async for sse in source.aiter_sse():
+            data = sse.json()
+            assert sse.id == f"{run_id}:{data['seq']}"
+            assert sse.event == data["type"]
+            events.append((data["seq"], data["type"]))
+            if sse.event == "done" or (stop_after is not None and len(events) >= stop_after):
+                break
+    return events
+
+
+async def test_start_on_one_worker_resume_on_the_other(workers: tuple[Worker, Worker]) -> None:
+    a, b = workers
+    async with httpx.AsyncClient(timeout=10) as client, asyncio.timeout(20):
+        run_id = await start_run(client, a, steps=30, delay=0.02)
+        first = await read_events(client, a, run_id, stop_after=7)
+        assert [seq for seq, _ in first] == list(range(1, 8))
+        rest = await read_events(client, b, run_id, last_event_id=f"{run_id}:7")
+        seqs = [seq for seq, _ in first + rest]
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert [kind for _, kind in rest[-2:]] == ["result", "done"]
+        assert len(seqs) == 1 + 30 + 2  # run, 30 progress, result, done
+
+        again = await client.get(
+            f"{b.url}/api/gen/runs/{run_id}/events",
+            headers={"Last-Event-ID": f"{run_id}:{seqs[-1]}"},
+        )
+        assert again.status_code == 204
+        state = await client.get(f"{b.url}/api/gen/runs/{run_id}")
+        assert state.json()["finished"] is True
+
+
+async def test_cancel_from_the_other_worker(workers: tuple[Worker, Worker]) -> None:
+    a, b = workers
+    async with httpx.AsyncClient(timeout=10) as client, asyncio.timeout(20):
+        run_id = await start_run(client, a, steps=1000, delay=0.02)
+        watched = asyncio.create_task(read_events(client, b, run_id))
+        await asyncio.sleep(0.3)
+        response = await client.delete(f"{b.url}/api/gen/runs/{run_id}")
+        assert response.status_code == 202, response.text
+        events = await watched
+        assert [kind for _, kind in events[-2:]] == ["cancelled", "done"]
+        seqs = [seq for seq, _ in events]
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert len(seqs) < 1000
+
+
+async def test_kill_9_of_the_owning_worker_orphans_its_run(
+    workers: tuple[Worker, Worker], redis_server: RedisServer, prefix: str
+) -> None:
+    _, b = workers
+    owner = await asyncio.to_thread(start_worker, redis_server.url, prefix)
+    try:
+        async with httpx.AsyncClient(timeout=10) as client, asyncio.timeout(20):
+            run_id = await start_run(client, owner, steps=1000, delay=0.02)
+            watched = asyncio.create_task(read_events(client, b, run_id))
+            await asyncio.sleep(0.3)
+            owner.stop(signal.SIGKILL)
+            killed = time.monotonic()
+            events = await watched
+            elapsed = time.monotonic() - killed
+            assert [kind for _, kind in events[-2:]] == ["failed", "done"]
+            seqs = [seq for seq, _ in events]
+            assert seqs == list(range(1, len(seqs) + 1))
+            assert elapsed < 0.5 + 0.25 + 1.5, elapsed
+            state = await client.get(f"{b.url}/api/gen/runs/{run_id}")
+            assert state.json()["latest"]["error"]["code"] == "orphaned"
+    finally:
+        owner.stop(signal.SIGKILL)
