@@ -51,6 +51,14 @@ app.include_router(
     ),
     prefix="/api",
 )
+limited_store = RedisRunStore(url, prefix=prefix, lease_seconds=0.5, sweep_interval=0.25)
+app.include_router(
+    create_router(
+        slow, path="/limited", request_model=Job, store=limited_store, rate_limit="5/minute",
+        rate_limit_storage=url, max_concurrent_runs=1, on_disconnect="continue",
+    ),
+    prefix="/api",
+)
 uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 """
 
@@ -207,3 +215,34 @@ async def test_kill_9_of_the_owning_worker_orphans_its_run(
             assert state.json()["latest"]["error"]["code"] == "orphaned"
     finally:
         owner.stop(signal.SIGKILL)
+
+
+async def test_rate_limit_and_run_cap_hold_across_workers(
+    workers: tuple[Worker, Worker],
+) -> None:
+    a, b = workers
+    async with httpx.AsyncClient(timeout=10) as client:
+        # one run at a time, whichever worker is asked
+        first = await client.post(a.url + "/api/limited/runs", json={"steps": 40})
+        assert first.status_code == 201, first.text
+        refused = await client.post(b.url + "/api/limited/runs", json={"steps": 1})
+        assert refused.status_code == 429
+        assert "1" in str(refused.json()["detail"])
+        cancel = await client.delete(first.json()["cancel_url"])
+        assert cancel.status_code == 202
+        for _ in range(200):  # the slot is freed once the cancelled run has ended
+            state = await client.get(first.json()["state_url"])
+            if state.json()["finished"]:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        # 5 a minute in all, counted across both workers: 2 hits were taken above
+        responses = []
+        for i in range(6):
+            worker = (a, b)[i % 2]
+            responses.append(await client.post(worker.url + "/api/limited", json={"steps": 1}))
+        statuses = [response.status_code for response in responses]
+        assert statuses == [200, 200, 200, 429, 429, 429], statuses
+        for refused_by_rate in responses[3:]:
+            assert int(refused_by_rate.headers["retry-after"]) >= 1
+            assert refused_by_rate.headers["x-ratelimit-remaining"] == "0"
