@@ -167,6 +167,7 @@ class StreamingRun:
         self._sink: Callable[[RunState], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._cancel_reason: str | None = None
+        self._running = False
         self._consumed = False
 
     # -- producing -------------------------------------------------------------------------
@@ -202,7 +203,10 @@ class StreamingRun:
         """Cancel the deployment: the run ends with ``cancelled`` (code ``cancelled``), ``done``."""
         if self._task is not None and not self._task.done():
             self._cancel_reason = reason
-            self._task.cancel()
+            if self._running:
+                self._task.cancel()
+            # else: a task cancelled before its first step would run no code at all and leave
+            # the run without an end; `_drive` sees the reason as it starts and ends the run.
 
     def _emit(self, type_: EventType, **fields: Any) -> RunState:
         self._seq += 1
@@ -295,7 +299,12 @@ class StreamingRun:
                 self._results = results
 
     async def _drive(self) -> None:
+        self._running = True
         self._emit(EventType.RUN, status=RunStatus.RECEIVED)
+        if self._cancel_reason is not None:
+            self._fail(RunError(code="cancelled", message=self._cancel_reason), EventType.CANCELLED)
+            self._emit(EventType.DONE, status=self._status)
+            return
         try:
             limit = asyncio.timeout(self.timeout)
             try:

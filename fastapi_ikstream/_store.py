@@ -179,8 +179,21 @@ class RunStore(ABC):
         """Count a reader in (+1) or out (-1); returns the readers now open on all workers."""
 
     def set_cancel_handler(self, handler: CancelHandler | None) -> None:
-        """Install the callback the store calls when a run this worker runs is cancelled."""
-        self._cancel_handler = handler
+        """Add a callback the store calls when a run this worker runs is cancelled.
+
+        Several routers may share one store, so callbacks add up (each is kept once); None
+        removes them all.
+        """
+        handlers: list[CancelHandler] = self.__dict__.setdefault("_cancel_handlers", [])
+        if handler is None:
+            handlers.clear()
+        elif handler not in handlers:
+            handlers.append(handler)
+        self._cancel_handler = self._notify_cancel if handlers else None
+
+    def _notify_cancel(self, run_id: str, reason: str) -> None:
+        for handler in list(self.__dict__.get("_cancel_handlers", ())):
+            handler(run_id, reason)
 
     async def start(self) -> None:  # noqa: B027
         """Open connections and background readers (called on first use)."""

@@ -529,3 +529,51 @@ async def test_continue_policy_finishes_without_a_reader_and_keeps_the_events(se
             )
     assert seqs(first + rest) == list(range(1, 14))
     assert not deployment.calls[0].cancelled
+
+
+async def test_two_routers_sharing_one_store_both_honour_cancels():
+    from fastapi_ikstream import MemoryRunStore
+
+    store = MemoryRunStore()
+    first = FakeDeployment(
+        [{"progress": {"current": i, "total": 99}} for i in range(99)], delay=0.02
+    )
+    second = FakeDeployment(
+        [{"progress": {"current": i, "total": 99}} for i in range(99)], delay=0.02
+    )
+    app = FastAPI()
+    app.include_router(create_router(first, path="/one", store=store), prefix="/api")
+    app.include_router(create_router(second, path="/two", store=store), prefix="/api")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        for name, fake in (("one", first), ("two", second)):
+            created = await client.post(f"/api/{name}/runs", json={})
+            assert created.status_code == 201
+            for _ in range(200):  # let the run start
+                if fake.calls[0].sent:
+                    break
+                await asyncio.sleep(0.01)
+            cancel = await client.delete(created.json()["cancel_url"].replace("http://t", ""))
+            assert cancel.status_code == 202
+            await asyncio.wait_for(fake.calls[0].event.wait(), 2)
+            assert fake.calls[0].cancelled
+
+
+async def test_a_cancel_before_the_run_has_started_still_ends_it():
+    fake = FakeDeployment([{"state": "STARTED"}], delay=0.01)
+    app = FastAPI()
+    app.include_router(create_router(fake, path="/gen"), prefix="/api")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        created = await client.post("/api/gen/runs", json={})
+        run_id = created.json()["run_id"]
+        # no await has let the run's task take a step yet
+        assert (await client.delete(f"/api/gen/runs/{run_id}")).status_code == 202
+        events = await client.get(f"/api/gen/runs/{run_id}/events")
+        kinds = [
+            json.loads(line[6:])["type"]
+            for line in events.text.splitlines()
+            if line.startswith("data: ")
+        ]
+        assert kinds == ["run", "cancelled", "done"]
+        assert fake.calls[0].sent == 0
