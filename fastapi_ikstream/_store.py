@@ -189,7 +189,7 @@ class RunStore(ABC):
             handlers.clear()
         elif handler not in handlers:
             handlers.append(handler)
-        self._cancel_handler = self._notify_cancel if handlers else None
+        self._cancel_handler: CancelHandler | None = self._notify_cancel if handlers else None
 
     def _notify_cancel(self, run_id: str, reason: str) -> None:
         for handler in list(self.__dict__.get("_cancel_handlers", ())):
