@@ -314,3 +314,22 @@ async def test_method_not_allowed_lists_every_method_of_the_path():
         response = await client.put("/api/generate-image/stream")
     assert response.status_code == 405
     assert set(response.headers["allow"].split(", ")) >= {"GET", "POST"}
+
+
+async def test_bytes_that_are_not_json_and_a_bad_length_are_json_errors():
+    app, _ = make_app()
+    async with client_for(app) as client:
+        response = await client.post(
+            "/api/generate-image/stream",
+            content=b"\xff\xfe\x00garbage",
+            headers={"content-type": "application/json"},
+        )
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["type"] == "json_invalid"
+        response = await client.post(
+            "/api/generate-image/stream",
+            content=b'{"prompt": "x"}',
+            headers={"content-type": "application/json", "content-length": "abc"},
+        )
+        assert response.status_code == 400
+        assert response.json() == {"detail": "Invalid Content-Length."}
