@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
+import weakref
 
 import httpx
 import pytest
@@ -292,8 +294,10 @@ async def test_to_response_headers_and_jsonl_negotiation():
 
 async def test_disconnect_cancels_deployment_within_one_second(serve_app):
     cancelled_at: list[float] = []
+    tasks: list[asyncio.Task] = []
 
     async def long(on_progress):
+        tasks.append(asyncio.current_task())  # the run's own task
         try:
             for i in range(10_000):
                 on_progress(progress=(i, 10_000))
@@ -302,13 +306,13 @@ async def test_disconnect_cancels_deployment_within_one_second(serve_app):
             cancelled_at.append(time.monotonic())
             raise
 
-    runs: list[StreamingRun] = []
+    runs: list[weakref.ref[StreamingRun]] = []
     app = FastAPI()
 
     @app.get("/run")
     async def endpoint():
         run = StreamingRun(long)
-        runs.append(run)
+        runs.append(weakref.ref(run))
         return run.to_response()
 
     with serve_app(app) as server:
@@ -324,11 +328,14 @@ async def test_disconnect_cancels_deployment_within_one_second(serve_app):
             await asyncio.sleep(0.01)
         assert cancelled_at, "the deployment never saw the cancellation"
         assert cancelled_at[0] - dropped < 1.0
-        # nothing is left behind: the run's task ends and no task of the run survives
-        task = runs[0].task
-        assert task is not None
+        # nothing is left behind: the run's task ends and the run itself is freed
+        task = tasks[0]
         for _ in range(100):
             if task.done():
                 break
             await asyncio.sleep(0.01)
         assert task.done()
+        tasks.clear()
+        del task
+        gc.collect()
+        assert runs[0]() is None, "the run is still referenced after its stream ended"
