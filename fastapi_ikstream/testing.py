@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,9 @@ class FakeCall:
         sent: how many updates it produced.
         cancelled: true if the run was cancelled (client gone, ``DELETE``, shutdown).
         finished: true if it produced all its updates.
+        ended: set once the run has ended, however it ended. A `threading.Event`, so a test
+            can wait on it from any thread or event loop (a server in a thread runs its own):
+            ``await asyncio.to_thread(call.ended.wait, 2)`` or `wait_ended`.
     """
 
     inputs: Any
@@ -39,7 +43,11 @@ class FakeCall:
     sent: int = 0
     cancelled: bool = False
     finished: bool = False
-    event: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: threading.Event = field(default_factory=threading.Event)
+
+    async def wait_ended(self, timeout: float = 5.0) -> bool:
+        """Wait up to ``timeout`` seconds for the run to end; True if it has."""
+        return await asyncio.to_thread(self.ended.wait, timeout)
 
 
 class FakeDeployment:
@@ -94,4 +102,4 @@ class FakeDeployment:
             call.cancelled = True
             raise
         finally:
-            call.event.set()
+            call.ended.set()

@@ -555,7 +555,7 @@ async def test_two_routers_sharing_one_store_both_honour_cancels():
                 await asyncio.sleep(0.01)
             cancel = await client.delete(created.json()["cancel_url"].replace("http://t", ""))
             assert cancel.status_code == 202
-            await asyncio.wait_for(fake.calls[0].event.wait(), 2)
+            assert await fake.calls[0].wait_ended(2)
             assert fake.calls[0].cancelled
 
 
