@@ -116,6 +116,17 @@ class RunLog(Generic[T]):
                 self._discard(fut)
         return cursor < self.last_seq or self.finished
 
+    def add_waiter(self) -> asyncio.Future[None]:
+        """A future resolved at the next append (or end); pass it to `remove_waiter` after."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        return fut
+
+    def remove_waiter(self, fut: asyncio.Future[None]) -> None:
+        """Forget a future from `add_waiter` that the log has not resolved."""
+        if self._waiters:
+            self._discard(fut)
+
     def _discard(self, fut: asyncio.Future[None]) -> None:
         with contextlib.suppress(ValueError):
             self._waiters.remove(fut)
