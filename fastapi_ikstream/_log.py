@@ -10,30 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
-__all__ = ["Logged", "RunLog"]
-
-
-class Logged(Protocol):
-    """What a log holds: anything with a ``seq`` and a ``type`` (the event kind)."""
-
-    @property
-    def seq(self) -> int:
-        """Position of the event in its run."""
-        ...
-
-    @property
-    def type(self) -> str:
-        """The event kind; ``"done"`` ends the log."""
-        ...
+__all__ = ["RunLog"]
 
 
-T = TypeVar("T", bound=Logged)
+T = TypeVar("T")
 
 
 class RunLog(Generic[T]):
     """A bounded append-only log of one run's events.
+
+    Items are anything; their seq and kind are given on `append`. The memory store keeps
+    each event's JSON text only: strings are not tracked by Python's cyclic garbage
+    collector, so a store full of retained events adds nothing to its full collections.
 
     Args:
         max_events: events kept at least; older ones are dropped in chunks (up to a quarter
@@ -50,20 +40,25 @@ class RunLog(Generic[T]):
         self.last_seq = 0
         self.finished = False
 
-    def append(self, item: T) -> None:
-        """Add the next event; its ``seq`` must be ``last_seq + 1``.
+    def append(self, item: T, seq: int, kind: str) -> None:
+        """Add the next event.
+
+        Args:
+            item: what to keep.
+            seq: its seq, which must be ``last_seq + 1``.
+            kind: its event kind; ``"done"`` ends the log.
 
         Raises:
             ValueError: the seq is out of order, or the log already ended with ``done``.
         """
         if self.finished:
             raise ValueError("the run's log already ended with 'done'")
-        if item.seq != self.last_seq + 1:
-            raise ValueError(f"seq {item.seq} does not follow {self.last_seq}")
+        if seq != self.last_seq + 1:
+            raise ValueError(f"seq {seq} does not follow {self.last_seq}")
         events = self._events
         events.append(item)
-        self.last_seq = item.seq
-        if item.type == "done":
+        self.last_seq = seq
+        if kind == "done":
             self.finished = True
         if len(events) > self.max_events + (self.max_events >> 2):
             drop = len(events) - self.max_events

@@ -26,7 +26,7 @@ from ._exceptions import (
 from ._log import RunLog
 from ._models import EventType, LogLine, Progress, RunError, RunState, RunStatus, status_from_state
 from ._response import EventStreamResponse, negotiate_media_type
-from ._store import MemoryRunSubscription, StoredEvent
+from ._store import MemoryRunSubscription
 
 __all__ = ["DEFAULT_TIMEOUT", "OnProgress", "RunSource", "StreamingRun", "new_run_id"]
 
@@ -101,6 +101,15 @@ def _progress_of(value: Any) -> Progress | Mapping[str, Any] | None:
     if isinstance(value, tuple | list):
         return {"current": value[0], "total": value[1] if len(value) > 1 else None}
     return {"current": value}
+
+
+def _text_sink(log: RunLog[str]) -> Callable[[RunState], None]:
+    """A sink keeping each state's JSON in ``log``."""
+
+    def sink(state: RunState) -> None:
+        log.append(state.to_json(), state.seq, state.type)
+
+    return sink
 
 
 class StreamingRun:
@@ -336,7 +345,7 @@ class StreamingRun:
 
     def _start_log(self) -> tuple[RunLog[RunState], asyncio.Task[None]]:
         log: RunLog[RunState] = RunLog(self.max_events)
-        return log, self.start(log.append)
+        return log, self.start(lambda state: log.append(state, state.seq, state.type))
 
     async def aiter_states(self) -> AsyncIterator[RunState]:
         """Run and yield every state, ``run`` first and ``done`` last.
@@ -377,8 +386,8 @@ class StreamingRun:
                 raise RunCancelledError(terminal)
 
     async def _aiter_bytes(self, jsonl: bool) -> AsyncIterator[bytes]:
-        log: RunLog[StoredEvent] = RunLog(self.max_events)
-        task = self.start(lambda state: log.append(StoredEvent.from_state(state)))
+        log: RunLog[str] = RunLog(self.max_events)
+        task = self.start(_text_sink(log))
         sub = MemoryRunSubscription(self.run_id, log, 0)
         try:
             first = True
@@ -442,11 +451,11 @@ class StreamingRun:
             media_type = negotiate_media_type(accept) or media_type
         if self._consumed:
             raise StreamConsumedError(f"run {self.run_id} was already consumed")
-        log: RunLog[StoredEvent] = RunLog(self.max_events)
+        log: RunLog[str] = RunLog(self.max_events)
         started: list[asyncio.Task[None]] = []
 
         def open_subscription() -> MemoryRunSubscription:
-            started.append(self.start(lambda state: log.append(StoredEvent.from_state(state))))
+            started.append(self.start(_text_sink(log)))
             return MemoryRunSubscription(self.run_id, log, 0)
 
         def on_close() -> None:

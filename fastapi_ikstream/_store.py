@@ -8,6 +8,7 @@ connections that stream them (they subscribe from a cursor). `MemoryRunStore` is
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -68,6 +69,14 @@ class StoredEvent:
     def to_state(self) -> RunState:
         """Decode back into a `RunState`."""
         return RunState.model_validate_json(self.data)
+
+
+def kind_of(data: str) -> str:
+    """The event kind of a run state's JSON, read from its first field (``{"type":"…"``)."""
+    if data.startswith('{"type":"'):
+        return data[9 : data.index('"', 9)]
+    kind = json.loads(data)["type"]
+    return str(kind)
 
 
 def reset_event(run_id: str, first_seq: int) -> StoredEvent:
@@ -204,7 +213,7 @@ class _MemoryRun:
     __slots__ = ("cancel_requested", "finished_at", "log", "principal", "status", "watchers")
 
     def __init__(self, principal: str | None, max_events: int) -> None:
-        self.log: RunLog[StoredEvent] = RunLog(max_events)
+        self.log: RunLog[str] = RunLog(max_events)
         self.principal = principal
         self.status = RunStatus.RECEIVED
         self.finished_at: float | None = None
@@ -222,7 +231,7 @@ class MemoryRunSubscription(Subscription):
 
     __slots__ = ("_deadline", "_ended", "_log", "_run_id", "_timer", "_waiter", "cursor")
 
-    def __init__(self, run_id: str, log: RunLog[StoredEvent], after_seq: int) -> None:
+    def __init__(self, run_id: str, log: RunLog[str], after_seq: int) -> None:
         self._run_id = run_id
         self._log = log
         self.cursor = after_seq
@@ -233,12 +242,18 @@ class MemoryRunSubscription(Subscription):
 
     def _take(self) -> list[StoredEvent] | None:
         log = self._log
-        batch = log.read_after(self.cursor)
-        if batch is None:
-            reset = reset_event(self._run_id, log.first_seq)
-            self.cursor = reset.seq
-            rest = log.read_after(self.cursor) or []
-            batch = [reset, *rest]
+        run_id = self._run_id
+        head: list[StoredEvent] = []
+        texts = log.read_after(self.cursor)
+        if texts is None:
+            head.append(reset_event(run_id, log.first_seq))
+            self.cursor = log.first_seq - 1
+            texts = log.read_after(self.cursor) or []
+        start = self.cursor + 1
+        batch = head + [
+            StoredEvent(run_id, start + index, kind_of(text), text)
+            for index, text in enumerate(texts)
+        ]
         if batch:
             self.cursor = batch[-1].seq
             if batch[-1].type == "done":
@@ -361,7 +376,7 @@ class MemoryRunStore(RunStore):
             raise RunNotFoundError(state.run_id)
         if state.status is not None:
             run.status = state.status
-        run.log.append(StoredEvent.from_state(state))
+        run.log.append(state.to_json(), state.seq, state.type.value)
         if run.log.finished:
             run.finished_at = time.monotonic()
 
@@ -372,9 +387,9 @@ class MemoryRunStore(RunStore):
             return None
         log = run.log
         latest = None
-        for event in reversed(log.read_after(log.first_seq - 1) or []):
-            if event.type != "done":
-                latest = event.data
+        for text in reversed(log.read_after(log.first_seq - 1) or []):
+            if kind_of(text) != "done":
+                latest = text
                 break
         return RunInfo(
             run_id=run_id,
