@@ -69,7 +69,8 @@ def _results_of(value: Any) -> list[dict[str, Any]] | None:
     return [{"DATA_DICT": value}] if isinstance(value, str | int | float | bool) else None
 
 
-def _logs_of(update: Mapping[str, Any]) -> list[LogLine] | None:
+def _logs_of(update: Mapping[str, Any]) -> list[Any] | None:
+    """Log lines as `RunState` validates them: `LogLine`s or dicts (a ``ts`` added if missing)."""
     raw: list[Any] = []
     if update.get("logs"):
         raw.extend(update["logs"])
@@ -78,14 +79,14 @@ def _logs_of(update: Mapping[str, Any]) -> list[LogLine] | None:
     if not raw:
         return None
     now = time.time()
-    lines = []
+    lines: list[Any] = []
     for item in raw:
         if isinstance(item, LogLine):
             lines.append(item)
         elif isinstance(item, Mapping):
-            lines.append(LogLine(**{"ts": now, **item}))
+            lines.append(item if "ts" in item else {"ts": now, **item})
         else:
-            lines.append(LogLine(ts=now, message=str(item)))
+            lines.append({"ts": now, "message": str(item)})
     return lines
 
 
