@@ -46,7 +46,7 @@ class DeploymentProvider:
     def __init__(self, deployment: Deployment) -> None:
         self.deployment = deployment
 
-    def __call__(self) -> Deployment:
+    async def __call__(self) -> Deployment:
         """The deployment."""
         return self.deployment
 
@@ -381,7 +381,8 @@ def create_router(
 
         return "address:" + client_address(request, trust_forwarded_for=trust_forwarded_for)
 
-    def media_type_dep(request: Request) -> str:
+    # Dependencies are ``async def``: FastAPI runs a plain ``def`` in its thread pool.
+    async def media_type_dep(request: Request) -> str:
         media_type = negotiate_media_type(request.headers.get("accept"))
         if media_type is None:
             raise HTTPException(
@@ -414,13 +415,13 @@ def create_router(
             release = await concurrency.acquire(client_key(request, principal))
         return _Admission(principal, headers, release)
 
-    def body_input(request: Request, payload: Annotated[Any, Body()]) -> Any:
+    async def body_input(request: Request, payload: Annotated[Any, Body()]) -> Any:
         request.state.ikstream_input = payload
         return payload
 
     reserved = {"inputs", "task_name", "last_event_id", getattr(auth, "query_param", None)}
 
-    def query_input(request: Request, payload: Annotated[Any, Query()]) -> Any:
+    async def query_input(request: Request, payload: Annotated[Any, Query()]) -> Any:
         if isinstance(payload, RunQuery):
             parameters = {
                 key: value for key, value in request.query_params.items() if key not in reserved
