@@ -1,0 +1,1 @@
+"""Side-by-side benchmark of SSE progress streaming: ``python -m bench.run``."""
