@@ -478,7 +478,10 @@ def create_router(
         )
 
     async def stream_new(
-        request: Request, media_type: str, admitted: _Admission, run: StreamingRun
+        request: Request,
+        media_type: str = Depends(media_type_dep),
+        admitted: _Admission = Depends(admission),
+        run: StreamingRun = Depends(run_provider),
     ) -> Response:
         resume = await resumable(request, admitted.principal)
         if resume is not None:
@@ -493,37 +496,22 @@ def create_router(
     stream_doc = stream_responses()
     stream_summary = f"Run {label} and stream its events"
 
-    @router.post(
-        f"{path}/stream",
-        summary=stream_summary,
-        operation_id=f"{label}_stream",
-        response_class=EventStreamResponse,
-        responses=stream_doc,
-        dependencies=[Depends(body_input)],
-    )
-    async def post_stream(
-        request: Request,
-        media_type: str = Depends(media_type_dep),
-        admitted: _Admission = Depends(admission),
-        run: StreamingRun = Depends(run_provider),
-    ) -> Response:
-        return await stream_new(request, media_type, admitted, run)
-
-    @router.get(
-        f"{path}/stream",
-        summary=stream_summary + " (for EventSource)",
-        operation_id=f"{label}_stream_get",
-        response_class=EventStreamResponse,
-        responses=stream_doc,
-        dependencies=[Depends(query_input)],
-    )
-    async def get_stream(
-        request: Request,
-        media_type: str = Depends(media_type_dep),
-        admitted: _Admission = Depends(admission),
-        run: StreamingRun = Depends(run_provider),
-    ) -> Response:
-        return await stream_new(request, media_type, admitted, run)
+    # One endpoint, two routes: POST reads the request model from the body, GET (for
+    # EventSource, which can only GET) from the query string.
+    for method, input_dependency, note, suffix in (
+        ("POST", body_input, "", ""),
+        ("GET", query_input, " (for EventSource)", "_get"),
+    ):
+        router.add_api_route(
+            f"{path}/stream",
+            stream_new,
+            methods=[method],
+            summary=stream_summary + note,
+            operation_id=f"{label}_stream{suffix}",
+            response_class=EventStreamResponse,
+            responses=stream_doc,
+            dependencies=[Depends(input_dependency)],
+        )
 
     @router.post(
         path or "/",
