@@ -332,7 +332,13 @@ def package_app() -> Any:
     """fastapi-ikstream's router: request model, JWT auth, memory store, ``POST /runs/stream``."""
     from fastapi import FastAPI
 
-    from fastapi_ikstream import CallableDeployment, MemoryRunStore, RunRequest, create_router
+    from fastapi_ikstream import (
+        CallableDeployment,
+        MemoryRunStore,
+        Quotas,
+        RunRequest,
+        create_router,
+    )
 
     store = MemoryRunStore(max_runs=20_000)
     if os.environ.get("BENCH_STORE_MAX_EVENTS"):  # experiments only
@@ -345,6 +351,9 @@ def package_app() -> Any:
         request_model=RunRequest,
         auth=package_auth(),
         store=store,
+        # Every stream of the load comes from one principal (one token): its per-caller
+        # quotas would refuse the load, which models many callers.
+        quotas=Quotas(runs=None, streams=None, resumes=None),
     )
     app = FastAPI()
     app.include_router(router)

@@ -4,6 +4,7 @@ Public names are re-exported here; optional integrations live in submodules
 (``security``, ``ratelimit``, ``client``, ``testing``, ``ikomia``, ``redis``).
 """
 
+from ._admission import Quotas as Quotas
 from ._deployments import CallableDeployment as CallableDeployment
 from ._deployments import Deployment as Deployment
 from ._deployments import GeneratorDeployment as GeneratorDeployment
@@ -17,6 +18,7 @@ from ._exceptions import RunFailedError as RunFailedError
 from ._exceptions import RunNotFoundError as RunNotFoundError
 from ._exceptions import StoreError as StoreError
 from ._exceptions import StreamConsumedError as StreamConsumedError
+from ._memory import MemoryRunStore as MemoryRunStore
 from ._models import EventType as EventType
 from ._models import LogLine as LogLine
 from ._models import Progress as Progress
@@ -33,7 +35,6 @@ from ._routing import StreamRouter as StreamRouter
 from ._routing import create_router as create_router
 from ._run import StreamingRun as StreamingRun
 from ._runs import RunManager as RunManager
-from ._store import MemoryRunStore as MemoryRunStore
 from ._store import RunInfo as RunInfo
 from ._store import RunStore as RunStore
 from ._store import StoredEvent as StoredEvent
@@ -57,6 +58,7 @@ __all__ = [
     "MemoryRunStore",
     "MissingExtraError",
     "Progress",
+    "Quotas",
     "RunCancelledError",
     "RunError",
     "RunFailedError",

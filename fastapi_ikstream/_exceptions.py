@@ -10,7 +10,8 @@ The tree, in the manner of httpx's ``_exceptions.py``::
     ├── RunCancelledError                        a run ended with a ``cancelled`` state
     ├── MissingExtraError (also ImportError)     an optional dependency is not installed
     └── StoreError                               the run store refused an operation
-        └── RunNotFoundError (also KeyError)
+        ├── RunNotFoundError (also KeyError)
+        └── QuotaExceededError                   a caller has too many unfinished runs
 
 The client module adds its own branch (``StreamError`` and its subclasses).
 """
@@ -27,6 +28,7 @@ __all__ = [
     "DeploymentTimeoutError",
     "IKStreamError",
     "MissingExtraError",
+    "QuotaExceededError",
     "RunCancelledError",
     "RunFailedError",
     "RunNotFoundError",
@@ -124,3 +126,15 @@ class RunNotFoundError(StoreError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "run not found"
+
+
+class QuotaExceededError(StoreError):
+    """A caller already has as many unfinished runs as allowed (answered 429).
+
+    Attributes:
+        limit: the number of unfinished runs allowed.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"at most {limit} unfinished run{'s' if limit != 1 else ''} at once")
+        self.limit = limit

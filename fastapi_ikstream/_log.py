@@ -3,7 +3,8 @@
 Every event is appended with its ``seq`` (1, 2, 3 …). Readers ask for what follows their
 cursor and wait for more. When the log holds more than ``max_events``, the oldest are
 dropped; a reader whose cursor falls before the kept window is told so explicitly (a
-``reset``), never skipped silently.
+``reset``), never skipped silently. A log may also be bounded in bytes: the oldest events
+go first, the latest one always stays.
 """
 
 from __future__ import annotations
@@ -28,25 +29,41 @@ class RunLog(Generic[T]):
     Args:
         max_events: events kept at least; older ones are dropped in chunks (up to a quarter
             more may be held between trims). Default 10,000.
+        max_bytes: bytes kept at most (the sizes given to `append`); the last two events
+            (a run's terminal state and ``done``) always stay. None for no bound. Default None.
     """
 
-    __slots__ = ("_events", "_waiters", "finished", "first_seq", "last_seq", "max_events")
+    __slots__ = (
+        "_events",
+        "_sizes",
+        "_waiters",
+        "finished",
+        "first_seq",
+        "last_seq",
+        "max_bytes",
+        "max_events",
+        "nbytes",
+    )
 
-    def __init__(self, max_events: int = 10_000) -> None:
+    def __init__(self, max_events: int = 10_000, max_bytes: int | None = None) -> None:
         self.max_events = max(1, max_events)
+        self.max_bytes = max_bytes
         self._events: list[T] = []
+        self._sizes: list[int] = []
         self._waiters: list[asyncio.Future[None]] = []
         self.first_seq = 1
         self.last_seq = 0
         self.finished = False
+        self.nbytes = 0
 
-    def append(self, item: T, seq: int, kind: str) -> None:
+    def append(self, item: T, seq: int, kind: str, size: int = 0) -> None:
         """Add the next event.
 
         Args:
             item: what to keep.
             seq: its seq, which must be ``last_seq + 1``.
             kind: its event kind; ``"done"`` ends the log.
+            size: its size in bytes, counted against ``max_bytes``. Default 0.
 
         Raises:
             ValueError: the seq is out of order, or the log already ended with ``done``.
@@ -60,18 +77,44 @@ class RunLog(Generic[T]):
         self.last_seq = seq
         if kind == "done":
             self.finished = True
+        if self.max_bytes is not None:
+            self._sizes.append(size)
+            self.nbytes += size
+            if self.nbytes > self.max_bytes:
+                self._trim_bytes(self.max_bytes)
         if len(events) > self.max_events + (self.max_events >> 2):
-            drop = len(events) - self.max_events
-            del events[:drop]
-            self.first_seq += drop
+            self._drop(len(events) - self.max_events)
         self._wake()
+
+    def _drop(self, count: int) -> None:
+        del self._events[:count]
+        if self.max_bytes is not None:
+            self.nbytes -= sum(self._sizes[:count])
+            del self._sizes[:count]
+        self.first_seq += count
+
+    def _trim_bytes(self, limit: int) -> None:
+        """Drop the oldest events until at most three quarters of ``limit`` are held."""
+        target = limit - (limit >> 2)
+        held = self.nbytes
+        count = 0
+        sizes = self._sizes
+        while held > target and count < len(sizes) - 2:  # the end stays: terminal, done
+            held -= sizes[count]
+            count += 1
+        if count:
+            self._drop(count)
 
     def latest(self) -> T | None:
         """The last event appended, or None."""
         return self._events[-1] if self._events else None
 
-    def read_after(self, cursor: int) -> list[T] | None:
+    def read_after(self, cursor: int, limit: int | None = None) -> list[T] | None:
         """Events after ``cursor`` (a seq), in order; ``[]`` if none yet.
+
+        Args:
+            cursor: the last seq the reader has.
+            limit: events returned at most; None for all.
 
         Returns:
             The events, or None when ``cursor`` is older than the kept window (the reader
@@ -82,6 +125,8 @@ class RunLog(Generic[T]):
         if cursor + 1 < self.first_seq:
             return None
         start = cursor + 1 - self.first_seq
+        if limit is not None:
+            return self._events[start : start + limit]
         return self._events[start:] if start else self._events[:]
 
     async def wait(self, cursor: int, timeout: float | None) -> bool:

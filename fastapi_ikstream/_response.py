@@ -35,6 +35,18 @@ JSONL_MEDIA_TYPES = ("application/jsonl", "application/x-ndjson")
 
 OnClose = Callable[[], Awaitable[None] | None]
 
+SEND_BYTES = 64 * 1024
+"""Bytes per ``send`` at most: a large event goes out in slices, each awaited, so a client
+that does not read holds at most a slice beyond the server's transport buffer (uvicorn
+waits for the transport to drain before a ``send`` returns)."""
+
+
+async def _send_slices(send: Send, chunk: bytes) -> None:
+    view = memoryview(chunk)
+    for start in range(0, len(chunk), SEND_BYTES):
+        body = bytes(view[start : start + SEND_BYTES])
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+
 
 def negotiate_media_type(accept: str | None) -> str | None:
     """Pick the stream's media type from an ``Accept`` header (RFC 9110 §12.5.1).
@@ -166,7 +178,10 @@ class EventStreamResponse(Response):
                     chunk = batch[0].sse
                 else:
                     chunk = b"".join([event.sse for event in batch])
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if len(chunk) <= SEND_BYTES:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                else:
+                    await _send_slices(send, chunk)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             if self.background is not None:
                 await self.background()

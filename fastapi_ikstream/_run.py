@@ -24,9 +24,10 @@ from ._exceptions import (
     StreamConsumedError,
 )
 from ._log import RunLog
+from ._memory import MemoryRunSubscription
 from ._models import EventType, LogLine, Progress, RunError, RunState, RunStatus, status_from_state
 from ._response import EventStreamResponse, negotiate_media_type
-from ._store import MemoryRunSubscription
+from ._shutdown import on_shutdown_signal
 
 __all__ = ["DEFAULT_TIMEOUT", "OnProgress", "RunSource", "StreamingRun", "new_run_id"]
 
@@ -47,6 +48,7 @@ RunSource: TypeAlias = Callable[[OnProgress], Any] | AsyncIterable[Any]
 """A run function ``fn(on_progress) -> result`` (sync or async), or an async iterable of updates."""
 
 _MAX_PENDING_LOGS = 1000
+_SHUTDOWN = "the server is shutting down"
 
 
 def new_run_id() -> str:
@@ -141,6 +143,8 @@ class StreamingRun:
         retry: reconnection delay in milliseconds sent as SSE ``retry:`` on the first event.
             Default 3000.
         max_events: events buffered for a slow reader before it gets a ``reset``. Default 10,000.
+        drain_timeout: seconds a run streamed by `to_response` may go on after SIGTERM or
+            SIGINT before it is cancelled. Default 5.0.
     """
 
     def __init__(
@@ -156,6 +160,7 @@ class StreamingRun:
         timeout: float | None = DEFAULT_TIMEOUT,
         retry: int | None = 3000,
         max_events: int = 10_000,
+        drain_timeout: float = 5.0,
     ) -> None:
         self.source = source
         self.run_id = run_id or new_run_id()
@@ -167,6 +172,7 @@ class StreamingRun:
         self.timeout = timeout
         self.retry = retry
         self.max_events = max_events
+        self.drain_timeout = drain_timeout
         self._seq = 0
         self._status = RunStatus.RECEIVED
         self._state: str | None = None
@@ -436,7 +442,9 @@ class StreamingRun:
         """A streaming response for any FastAPI or Starlette route.
 
         The deployment starts when the response starts. If the client disconnects, the
-        deployment task is cancelled at once.
+        deployment task is cancelled at once. When the server receives SIGTERM or SIGINT,
+        the run gets ``drain_timeout`` seconds to finish; then it is cancelled, so the
+        stream ends with ``cancelled`` and ``done`` and the server's shutdown can go on.
 
         Args:
             keep_alive: seconds between keep-alives; 0 disables. Default: the run's own.
@@ -454,12 +462,20 @@ class StreamingRun:
             raise StreamConsumedError(f"run {self.run_id} was already consumed")
         log: RunLog[str] = RunLog(self.max_events)
         started: list[asyncio.Task[None]] = []
+        hooks: list[Callable[[], None]] = []
+
+        def drain() -> None:  # SIGTERM: let the run finish within drain_timeout, then cancel
+            loop = asyncio.get_running_loop()
+            hooks.append(loop.call_later(self.drain_timeout, self.cancel, _SHUTDOWN).cancel)
 
         def open_subscription() -> MemoryRunSubscription:
             started.append(self.start(_text_sink(log)))
+            hooks.append(on_shutdown_signal(drain))
             return MemoryRunSubscription(self.run_id, log, 0)
 
         def on_close() -> None:
+            for unhook in hooks:
+                unhook()
             for task in started:
                 if not task.done():
                     task.cancel()

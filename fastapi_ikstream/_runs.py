@@ -1,8 +1,23 @@
-"""`RunManager`: the runs this worker drives, their readers, cancels and shutdown.
+"""`RunManager`: the lifecycle of the runs one router drives on this worker.
 
-It starts a `StreamingRun` into a run store, counts the readers of each run (on every
-worker, through the store), applies the disconnect policy, carries out cancels asked from
-any worker, and on shutdown closes open streams and ends the runs it owns.
+A run's life, and what it holds at each step:
+
+- **create**: the store registers it under its owner and counts it among its caller's
+  unfinished runs (that count *is* the concurrent-run slot: it is taken in the same step as
+  the store entry, and given back by the store when ``done`` is written, whatever ended the
+  run: its end, a failure, a cancel, its timeout, shutdown, or an orphan sweep). Then a task
+  runs the deployment.
+- **attach / detach readers**: every open stream counts as a reader, on every worker
+  (through the store). An *attached* run (started by a stream request) whose readers are all
+  gone for ``reconnect_grace`` seconds is cancelled; a *detached* run (``POST /runs``) never
+  is: it ends by finishing, ``DELETE``, its timeout or shutdown.
+- **cancel**: asked from any worker through the store; the owning worker cancels the task.
+- **finish**: the task ends with a terminal state and ``done``; the run leaves this manager.
+- **expire**: the store forgets a finished run after its retention.
+
+At shutdown (SIGTERM/SIGINT, or the lifespan's end) open streams are closed with a
+``retry:`` hint so clients reconnect elsewhere, and owned runs get ``drain_timeout`` seconds
+to finish before they are cancelled.
 """
 
 from __future__ import annotations
@@ -10,14 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
-import threading
-from collections.abc import Awaitable, Callable
-from types import FrameType
-from typing import Any, Literal
+from typing import Literal
 
 from ._response import StreamHandle
 from ._run import StreamingRun
+from ._shutdown import on_shutdown_signal
 from ._store import RunStore
 
 __all__ = ["DisconnectPolicy", "RunManager"]
@@ -25,11 +37,9 @@ __all__ = ["DisconnectPolicy", "RunManager"]
 logger = logging.getLogger("fastapi_ikstream")
 
 DisconnectPolicy = Literal["cancel", "continue"]
-Release = Callable[[], Awaitable[None]]
 
-
-async def _call(release: Release) -> None:
-    await release()
+DEFAULT_RECONNECT_GRACE = 30.0
+"""Seconds an attached run waits for a reader to come back: ten times the default ``retry``."""
 
 
 class RunManager:
@@ -37,9 +47,12 @@ class RunManager:
 
     Args:
         store: where events go.
-        on_disconnect: ``"cancel"`` cancels a run once its last reader has been gone for
-            ``reconnect_grace`` seconds; ``"continue"`` lets it run to the end in the store.
-        reconnect_grace: seconds a run waits for a reader to come back. Default 3.0.
+        on_disconnect: for attached runs: ``"cancel"`` (default) cancels a run once its last
+            reader has been gone for ``reconnect_grace`` seconds; ``"continue"`` lets it run
+            to the end in the store. Detached runs always continue.
+        reconnect_grace: seconds an attached run waits for a reader to come back; keep it
+            well above the ``retry`` delay sent to clients (a client that obeys ``retry:``
+            comes back after that delay, plus its own jitter). Default 30.0.
         drain_timeout: seconds owned runs may take to finish at shutdown before they are
             cancelled. Default 5.0.
     """
@@ -49,7 +62,7 @@ class RunManager:
         store: RunStore,
         *,
         on_disconnect: DisconnectPolicy = "cancel",
-        reconnect_grace: float = 3.0,
+        reconnect_grace: float = DEFAULT_RECONNECT_GRACE,
         drain_timeout: float = 5.0,
     ) -> None:
         self.store = store
@@ -57,6 +70,7 @@ class RunManager:
         self.reconnect_grace = reconnect_grace
         self.drain_timeout = drain_timeout
         self.runs: dict[str, StreamingRun] = {}
+        self.attached: set[str] = set()
         self.streams: set[StreamHandle] = set()
         self.accepting = True
         self._started = False
@@ -64,10 +78,10 @@ class RunManager:
         self._grace_tasks: dict[str, asyncio.Task[None]] = {}
         self._shutdown_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._previous_handlers: dict[int, Any] = {}
+        self._unhook: list[object] = []
 
     async def ensure_started(self) -> None:
-        """Start the store and hook the cancel handler (once)."""
+        """Start the store, hook the cancel handler and the shutdown signals (once)."""
         if self._started:
             return
         if self._start_lock is None:
@@ -80,40 +94,68 @@ class RunManager:
             self.accepting = True
             self._shutdown_task = None
             self._loop = asyncio.get_running_loop()
+            self._unhook = [on_shutdown_signal(self._shutdown_now)]
             self._started = True
+
+    def install_signal_handlers(self) -> None:
+        """Kept for compatibility: `ensure_started` hooks SIGTERM and SIGINT itself."""
 
     def _on_cancel(self, run_id: str, reason: str) -> None:
         run = self.runs.get(run_id)
         if run is not None:
             run.cancel(reason)
 
-    async def start_run(
-        self, run: StreamingRun, *, principal: str | None, release: Release | None = None
+    # -- create / finish -------------------------------------------------------------------
+
+    async def create(
+        self,
+        run: StreamingRun,
+        *,
+        owner: str | None,
+        quota_key: str | None = None,
+        max_active: int | None = None,
+        attached: bool = True,
     ) -> None:
         """Register the run in the store and start it in a task.
 
         Args:
             run: the run, not yet started.
-            principal: the subject allowed to read and cancel it (None: anyone).
-            release: awaited once the run has ended (frees a concurrency slot).
+            owner: the identity allowed to read and cancel it (None: anyone).
+            quota_key: whose unfinished runs it counts among.
+            max_active: unfinished runs ``quota_key`` may have (None: no bound).
+            attached: cancel it when its readers are gone (see the module docstring).
 
         Raises:
+            QuotaExceededError: ``quota_key`` has ``max_active`` unfinished runs.
             StoreError: the store refused a new run.
         """
         await self.ensure_started()
-        await self.store.create_run(run.run_id, principal=principal)
-        self.runs[run.run_id] = run
+        await self.store.create_run(
+            run.run_id,
+            principal=owner,
+            quota_key=quota_key,
+            max_active=max_active,
+            attached=attached,
+        )
+        run_id = run.run_id
+        self.runs[run_id] = run
+        if attached:
+            self.attached.add(run_id)
         task = run.start(self.store.append)
+        task.add_done_callback(lambda _: self._finished(run_id))
 
-        def finished(_: asyncio.Task[None]) -> None:
-            self.runs.pop(run.run_id, None)
-            grace = self._grace_tasks.pop(run.run_id, None)
-            if grace is not None:
-                grace.cancel()
-            if release is not None:
-                asyncio.get_running_loop().create_task(_call(release))
+    async def start_run(self, run: StreamingRun, *, principal: str | None) -> None:
+        """Start an attached run owned by ``principal`` (see `create`)."""
+        await self.create(run, owner=principal)
 
-        task.add_done_callback(finished)
+    def _finished(self, run_id: str) -> None:
+        self.runs.pop(run_id, None)
+        self.attached.discard(run_id)
+        grace = self._grace_tasks.pop(run_id, None)
+        if grace is not None:
+            grace.cancel()
+
+    # -- readers ---------------------------------------------------------------------------
 
     async def reader_joined(self, run_id: str) -> None:
         """Count a reader in; a pending disconnect cancel is called off."""
@@ -123,18 +165,26 @@ class RunManager:
         await self.store.add_watcher(run_id, 1)
 
     async def reader_left(self, run_id: str) -> None:
-        """Count a reader out; with the ``cancel`` policy, cancel after the grace time."""
+        """Count a reader out; an attached, unwatched run is cancelled after the grace."""
         remaining = await self.store.add_watcher(run_id, -1)
         # At shutdown the server closed the stream, not the client: the run drains instead.
         if remaining > 0 or self.on_disconnect != "cancel" or not self.accepting:
             return
-        if self.reconnect_grace <= 0:
-            await self._cancel_if_unwatched(run_id)
+        if not await self._is_attached(run_id):
             return
         old = self._grace_tasks.pop(run_id, None)
         if old is not None:
             old.cancel()
+        if self.reconnect_grace <= 0:
+            await self._cancel_if_unwatched(run_id)
+            return
         self._grace_tasks[run_id] = asyncio.get_running_loop().create_task(self._grace(run_id))
+
+    async def _is_attached(self, run_id: str) -> bool:
+        if run_id in self.runs:
+            return run_id in self.attached
+        info = await self.store.get_info(run_id)  # a run another worker owns
+        return info is not None and info.attached and not info.finished
 
     async def _grace(self, run_id: str) -> None:
         await asyncio.sleep(self.reconnect_grace)
@@ -145,38 +195,15 @@ class RunManager:
         if await self.store.add_watcher(run_id, 0) == 0:
             await self.store.request_cancel(run_id, "the client went away")
 
-    # -- shutdown --------------------------------------------------------------------------
+    async def cancel(self, run_id: str, reason: str) -> bool:
+        """Ask for the run to be cancelled (on whichever worker runs it).
 
-    def install_signal_handlers(self) -> None:
-        """Chain SIGTERM and SIGINT so open streams close before the server waits on them.
-
-        uvicorn waits for open connections before it runs the lifespan shutdown, so streams
-        must be closed when the signal arrives. The previous handlers (uvicorn's) still run.
+        Returns:
+            False if the run is unknown or already finished.
         """
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous = signal.getsignal(sig)
-            if getattr(previous, "_ikstream", None) is self:  # other routers' handlers chain
-                continue
-            self._previous_handlers[sig] = previous
+        return await self.store.request_cancel(run_id, reason)
 
-            def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
-                self.begin_shutdown()
-                if callable(previous):
-                    previous(signum, frame)
-
-            handler._ikstream = self  # type: ignore[attr-defined]
-            signal.signal(sig, handler)
-
-    def restore_signal_handlers(self) -> None:
-        """Put back the handlers `install_signal_handlers` replaced."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig, previous in self._previous_handlers.items():
-            with contextlib.suppress(TypeError, ValueError):
-                signal.signal(sig, previous)
-        self._previous_handlers.clear()
+    # -- shutdown --------------------------------------------------------------------------
 
     def begin_shutdown(self) -> None:
         """Stop taking runs, close open streams, and drain owned runs (thread-safe)."""
@@ -186,7 +213,7 @@ class RunManager:
         loop.call_soon_threadsafe(self._shutdown_now)
 
     def _shutdown_now(self) -> None:
-        if self._shutdown_task is None:
+        if self._shutdown_task is None and self._started:
             self._shutdown_task = asyncio.get_running_loop().create_task(self.shutdown())
 
     async def shutdown(self) -> None:
@@ -211,11 +238,16 @@ class RunManager:
                 await asyncio.wait_for(self.store.flush(run.run_id), 1.0)
 
     async def aclose(self) -> None:
-        """Shut down and close the store."""
+        """Shut down and close the store; the manager starts again on its next use."""
         if self._shutdown_task is not None:
             await self._shutdown_task
         else:
             await self.shutdown()
-        self.restore_signal_handlers()
+        for unhook in self._unhook:
+            if callable(unhook):
+                unhook()
+        self._unhook = []
         await self.store.aclose()
         self._started = False
+        self._shutdown_task = None
+        self.accepting = True  # a later use (another TestClient block) starts it again

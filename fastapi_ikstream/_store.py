@@ -1,27 +1,22 @@
 """Run stores: where every event of a run is kept, so that any reader can (re)join it.
 
 The store is the seam between the task that runs a deployment (it appends events) and the
-connections that stream them (they subscribe from a cursor). `MemoryRunStore` is the default;
-``fastapi_ikstream.redis.RedisRunStore`` shares runs between workers.
+connections that stream them (they subscribe from a cursor). ``MemoryRunStore`` (in ``_memory``)
+is the default; ``fastapi_ikstream.redis.RedisRunStore`` shares runs between workers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._exceptions import RunNotFoundError, StoreError
-from ._log import RunLog
 from ._models import EventType, RunState, RunStatus
 from ._wire import sse_block
 
 __all__ = [
     "CancelHandler",
-    "MemoryRunStore",
     "RunInfo",
     "RunStore",
     "StoredEvent",
@@ -102,6 +97,8 @@ class RunInfo:
         finished: true once ``done`` is appended.
         latest: JSON of the latest event other than ``done`` (or None).
         cancel_requested: true once a cancel has been asked for.
+        attached: true for a run tied to the connection that started it (cancelled when
+            its readers are gone past the grace time); false for a detached run.
     """
 
     run_id: str
@@ -112,6 +109,7 @@ class RunInfo:
     finished: bool
     latest: str | None
     cancel_requested: bool = False
+    attached: bool = False
 
 
 class Subscription(ABC):
@@ -147,11 +145,28 @@ class RunStore(ABC):
     """
 
     @abstractmethod
-    async def create_run(self, run_id: str, *, principal: str | None) -> None:
+    async def create_run(
+        self,
+        run_id: str,
+        *,
+        principal: str | None,
+        quota_key: str | None = None,
+        max_active: int | None = None,
+        attached: bool = False,
+    ) -> None:
         """Register a new run before its first event.
 
+        Args:
+            run_id: the new run's id.
+            principal: the identity allowed to read and cancel it (None: anyone).
+            quota_key: whose unfinished runs this one counts among (a caller's key).
+            max_active: refuse the run when ``quota_key`` has this many unfinished runs
+                already (checked and counted in one step); None for no bound.
+            attached: see `RunInfo.attached`.
+
         Raises:
-            StoreError: the store is full of running runs.
+            QuotaExceededError: ``quota_key`` has ``max_active`` unfinished runs.
+            StoreError: the store is full of running runs, or cannot be reached.
         """
 
     @abstractmethod
@@ -207,222 +222,3 @@ class RunStore(ABC):
 
     async def aclose(self) -> None:  # noqa: B027
         """Close connections and background readers."""
-
-
-class _MemoryRun:
-    __slots__ = ("cancel_requested", "finished_at", "log", "principal", "status", "watchers")
-
-    def __init__(self, principal: str | None, max_events: int) -> None:
-        self.log: RunLog[str] = RunLog(max_events)
-        self.principal = principal
-        self.status = RunStatus.RECEIVED
-        self.finished_at: float | None = None
-        self.watchers = 0
-        self.cancel_requested = False
-
-
-class MemoryRunSubscription(Subscription):
-    """Reads a run's `RunLog` from a cursor.
-
-    Keep-alive timing costs one timer per silence, not one per event: the deadline moves
-    with every batch returned, and a single timer, armed while waiting, re-arms itself at
-    the moved deadline when it fires early.
-    """
-
-    __slots__ = ("_deadline", "_ended", "_log", "_run_id", "_timer", "_waiter", "cursor")
-
-    def __init__(self, run_id: str, log: RunLog[str], after_seq: int) -> None:
-        self._run_id = run_id
-        self._log = log
-        self.cursor = after_seq
-        self._ended = False
-        self._deadline: float | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    def _take(self) -> list[StoredEvent] | None:
-        log = self._log
-        run_id = self._run_id
-        head: list[StoredEvent] = []
-        texts = log.read_after(self.cursor)
-        if texts is None:
-            head.append(reset_event(run_id, log.first_seq))
-            self.cursor = log.first_seq - 1
-            texts = log.read_after(self.cursor) or []
-        start = self.cursor + 1
-        batch = head + [
-            StoredEvent(run_id, start + index, kind_of(text), text)
-            for index, text in enumerate(texts)
-        ]
-        if batch:
-            self.cursor = batch[-1].seq
-            if batch[-1].type == "done":
-                self._ended = True
-        return batch
-
-    async def next_batch(self, timeout: float | None) -> list[StoredEvent] | None:
-        """See `Subscription.next_batch`."""
-        if self._ended:
-            return None
-        loop = asyncio.get_running_loop()
-        batch = self._take()
-        if batch:
-            if timeout is not None:
-                self._deadline = loop.time() + timeout
-            return batch
-        log = self._log
-        if log.finished:
-            self._ended = True
-            return None
-        if timeout is not None:
-            now = loop.time()
-            if self._deadline is None:
-                self._deadline = now + timeout
-            elif now >= self._deadline:
-                self._deadline = now + timeout
-                return []
-            if self._timer is None:
-                self._timer = loop.call_at(self._deadline, self._on_timer)
-        waiter = self._waiter = log.add_waiter()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-            if not waiter.done():
-                waiter.cancel()
-            log.remove_waiter(waiter)
-        batch = self._take()
-        if timeout is not None:
-            self._deadline = loop.time() + timeout
-        return batch or []
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        waiter, deadline = self._waiter, self._deadline
-        if waiter is None or waiter.done() or deadline is None:
-            return
-        loop = waiter.get_loop()
-        if loop.time() >= deadline - 0.001:
-            waiter.set_result(None)
-        else:
-            self._timer = loop.call_at(deadline, self._on_timer)
-
-    async def aclose(self) -> None:
-        """See `Subscription.aclose`."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-
-class MemoryRunStore(RunStore):
-    """Keeps runs in this process (the default). Bounded in runs, events and time.
-
-    Args:
-        max_runs: runs kept at most; when full, the oldest finished run is evicted, and a new
-            run is refused (`StoreError`, answered 503) if all of them are still running.
-            Default 1,000.
-        max_events_per_run: events kept per run at least; older ones are dropped and a reader
-            that asks for them gets a ``reset``. Default 10,000.
-        retention: seconds a finished run stays readable. Default 300.0.
-    """
-
-    def __init__(
-        self, *, max_runs: int = 1000, max_events_per_run: int = 10_000, retention: float = 300.0
-    ) -> None:
-        self.max_runs = max_runs
-        self.max_events_per_run = max_events_per_run
-        self.retention = retention
-        self._runs: dict[str, _MemoryRun] = {}
-        self._cancel_handler: CancelHandler | None = None
-
-    def _purge(self) -> None:
-        now = time.monotonic()
-        expired = [
-            run_id
-            for run_id, run in self._runs.items()
-            if run.finished_at is not None and now - run.finished_at > self.retention
-        ]
-        for run_id in expired:
-            del self._runs[run_id]
-
-    def _get(self, run_id: str) -> _MemoryRun | None:
-        run = self._runs.get(run_id)
-        if (
-            run is not None
-            and run.finished_at is not None
-            and time.monotonic() - run.finished_at > self.retention
-        ):
-            del self._runs[run_id]
-            return None
-        return run
-
-    async def create_run(self, run_id: str, *, principal: str | None) -> None:
-        """See `RunStore.create_run`."""
-        if run_id in self._runs:
-            raise StoreError(f"run {run_id} exists already")
-        if len(self._runs) >= self.max_runs:
-            self._purge()
-        if len(self._runs) >= self.max_runs:
-            finished = [(r.finished_at, k) for k, r in self._runs.items() if r.finished_at]
-            if not finished:
-                raise StoreError("too many runs in progress")
-            del self._runs[min(finished)[1]]
-        self._runs[run_id] = _MemoryRun(principal, self.max_events_per_run)
-
-    def append(self, state: RunState) -> None:
-        """See `RunStore.append`."""
-        run = self._runs.get(state.run_id)
-        if run is None:
-            raise RunNotFoundError(state.run_id)
-        if state.status is not None:
-            run.status = state.status
-        run.log.append(state.to_json(), state.seq, state.type.value)
-        if run.log.finished:
-            run.finished_at = time.monotonic()
-
-    async def get_info(self, run_id: str) -> RunInfo | None:
-        """See `RunStore.get_info`."""
-        run = self._get(run_id)
-        if run is None:
-            return None
-        log = run.log
-        latest = None
-        for text in reversed(log.read_after(log.first_seq - 1) or []):
-            if kind_of(text) != "done":
-                latest = text
-                break
-        return RunInfo(
-            run_id=run_id,
-            principal=run.principal,
-            status=run.status,
-            first_seq=log.first_seq,
-            last_seq=log.last_seq,
-            finished=log.finished,
-            latest=latest,
-            cancel_requested=run.cancel_requested,
-        )
-
-    def subscribe(self, run_id: str, after_seq: int = 0) -> Subscription:
-        """See `RunStore.subscribe`."""
-        run = self._get(run_id)
-        if run is None:
-            raise RunNotFoundError(run_id)
-        return MemoryRunSubscription(run_id, run.log, after_seq)
-
-    async def request_cancel(self, run_id: str, reason: str) -> bool:
-        """See `RunStore.request_cancel`."""
-        run = self._get(run_id)
-        if run is None or run.log.finished:
-            return False
-        run.cancel_requested = True
-        if self._cancel_handler is not None:
-            self._cancel_handler(run_id, reason)
-        return True
-
-    async def add_watcher(self, run_id: str, delta: int) -> int:
-        """See `RunStore.add_watcher`."""
-        run = self._runs.get(run_id)
-        if run is None:
-            return 0
-        run.watchers = max(0, run.watchers + delta)
-        return run.watchers

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ._store import MemoryRunStore, RunStore
+from ._memory import MemoryRunStore
+from ._store import RunStore
 
 __all__ = ["make_store"]
 

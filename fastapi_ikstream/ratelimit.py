@@ -28,7 +28,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import math
 import time
@@ -40,6 +39,7 @@ from urllib.parse import urlsplit
 from fastapi import HTTPException, Request
 
 from ._exceptions import MissingExtraError
+from ._identity import client_address, quota_key
 
 try:
     from limits import RateLimitItem, parse_many
@@ -73,28 +73,6 @@ _STRATEGIES: dict[str, type[RateLimiter]] = {
     "sliding-window-counter": SlidingWindowCounterRateLimiter,
 }
 _REDIS_SCHEMES = frozenset({"redis", "rediss"})
-
-
-def client_address(request: Request, *, trust_forwarded_for: bool = False) -> str:
-    """The address that keys an anonymous caller.
-
-    Args:
-        request: the incoming request.
-        trust_forwarded_for: use the first address of ``X-Forwarded-For`` when it is a valid
-            IP address. Enable it only behind a proxy that sets the header itself; otherwise
-            any caller can pick its own key. (uvicorn's ``--forwarded-allow-ips`` is another
-            way: it rewrites the peer address for trusted proxies only.) Default False.
-
-    Returns:
-        an IP address, or ``"unknown"`` when the server reports no peer.
-    """
-    if trust_forwarded_for:
-        first = request.headers.get("x-forwarded-for", "").split(",")[0].strip()
-        try:
-            return str(ipaddress.ip_address(first))
-        except ValueError:
-            pass
-    return request.client.host if request.client is not None else "unknown"
 
 
 def _unique_scope(scope: str | None, storage_uri: str) -> str:
@@ -159,10 +137,11 @@ class RateLimit:
         self._limiter = _STRATEGIES[strategy](self._storage)
 
     def key_for(self, request: Request, principal: Principal | None) -> str:
-        """The storage key of a caller: ``sub:<subject>`` or ``addr:<address>``."""
-        if principal is not None:
-            return f"sub:{principal.subject}"
-        return f"addr:{client_address(request, trust_forwarded_for=self.trust_forwarded_for)}"
+        """The storage key of a caller (`fastapi_ikstream._identity.quota_key`).
+
+        ``sub:{authority}|{subject}`` for a principal, ``addr:{address}`` when anonymous.
+        """
+        return quota_key(request, principal, trust_forwarded_for=self.trust_forwarded_for)
 
     async def hit(self, request: Request, principal: Principal | None = None) -> dict[str, str]:
         """Count one request against every limit.

@@ -45,7 +45,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ._exceptions import MissingExtraError, RunNotFoundError, StoreError
+from ._exceptions import MissingExtraError, QuotaExceededError, RunNotFoundError, StoreError
 from ._models import EventType, RunError, RunState, RunStatus
 from ._store import CancelHandler, RunInfo, RunStore, StoredEvent, Subscription, reset_event
 
@@ -64,7 +64,9 @@ logger = logging.getLogger("fastapi_ikstream")
 ORPHANED_MESSAGE = "The worker running this run stopped."
 """The public message of the ``failed`` event (code ``orphaned``) of a run whose owner died."""
 
-_RANGE_COUNT = 500  # entries per XRANGE / XREAD round
+_RANGE_COUNT = 500  # entries per shared XREAD round
+_CATCH_UP_COUNT = 64  # entries per XRANGE of one reader catching up
+_BATCH_BYTES = 64 * 1024  # bytes of event data one reader's batch holds at most
 _WRITE_BATCH = 256  # events per script call
 _WRITE_RUNS = 64  # script calls per pipeline
 _BLOCK_SECONDS = 5.0  # one blocking XREAD waits this long at most
@@ -111,6 +113,8 @@ local function append_events(keys, run_id, maxlen, ret_ms, live_ms, argv, start)
   if latest then redis.call('HSET', keys[2], 'latest', latest) end
   if done then
     redis.call('HSET', keys[2], 'finished', '1')
+    local holder = redis.call('HGET', keys[2], 'holder')
+    if holder then redis.call('ZREM', holder, run_id) end
     redis.call('PEXPIRE', keys[1], ret_ms)
     redis.call('PEXPIRE', keys[2], ret_ms)
     redis.call('DEL', keys[3])
@@ -149,14 +153,33 @@ return 0
 )
 
 # KEYS: stream, meta, lease, active. ARGV: run_id, owner, principal, has principal, lease ms,
-# live ttl ms.
+# live ttl ms, attached ('1'/'0'), holder key ('' for none), max active (0 for no bound),
+# meta key prefix. Returns 1 created, 0 exists, -1 the holder has max active unfinished runs.
+# The holder's sorted set lists its unfinished runs: the append script removes a run from it
+# with ``done``, whatever wrote it (the run's end, a cancel, shutdown, an orphan sweep), and
+# members whose meta hash is gone or finished are dropped here.
 _CREATE = (
     _APPEND_FUNCTION
     + """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local holder = ARGV[8]
+if holder ~= '' then
+  local bound = tonumber(ARGV[9])
+  if bound > 0 then
+    local live = 0
+    for _, rid in ipairs(redis.call('ZRANGE', holder, 0, -1)) do
+      local f = redis.call('HGET', ARGV[10] .. rid, 'finished')
+      if (not f) or f == '1' then redis.call('ZREM', holder, rid) else live = live + 1 end
+    end
+    if live >= bound then return -1 end
+  end
+  redis.call('ZADD', holder, now_ms(), ARGV[1])
+  redis.call('PEXPIRE', holder, ARGV[6])
+end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[2], 'status', 'received', 'last_seq', '0', 'first_seq', '1',
-  'finished', '0', 'cancel', '0', 'watchers', '0', 'owner', ARGV[2])
+  'finished', '0', 'cancel', '0', 'watchers', '0', 'owner', ARGV[2], 'attached', ARGV[7])
+if holder ~= '' then redis.call('HSET', KEYS[2], 'holder', holder) end
 if ARGV[4] == '1' then redis.call('HSET', KEYS[2], 'principal', ARGV[3]) end
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[5])
@@ -517,22 +540,39 @@ class RedisRunStore(RunStore):
 
     # -- runs ------------------------------------------------------------------------------
 
-    async def create_run(self, run_id: str, *, principal: str | None) -> None:
+    async def create_run(
+        self,
+        run_id: str,
+        *,
+        principal: str | None,
+        quota_key: str | None = None,
+        max_active: int | None = None,
+        attached: bool = False,
+    ) -> None:
         """Register a new run, owned by this worker (see `RunStore.create_run`).
 
+        The caller's unfinished runs are counted in Redis, so ``max_active`` holds across
+        every worker of the store.
+
         Raises:
+            QuotaExceededError: ``quota_key`` has ``max_active`` unfinished runs.
             StoreError: the run exists already, or Redis cannot be reached.
         """
         await self._ensure_started()
         if run_id in self._local:
             raise StoreError(f"run {run_id} exists already")
         args = [run_id, self.worker_id, principal or "", "0" if principal is None else "1"]
+        holder = "" if quota_key is None else f"{self.prefix}holder:{quota_key}"
+        extra = ["1" if attached else "0", holder, max_active or 0, f"{self.prefix}meta:"]
         try:
             created = await self._eval(
-                "create", self._keys(run_id), [*args, self._lease_ms, self._live_ms]
+                "create", self._keys(run_id), [*args, self._lease_ms, self._live_ms, *extra]
             )
         except (RedisError, OSError) as exc:
-            raise StoreError(f"the Redis run store is unreachable: {exc}") from exc
+            logger.warning("run store: creating a run in Redis failed: %r", exc)
+            raise StoreError("the run store is unavailable") from exc
+        if created == -1:
+            raise QuotaExceededError(max_active or 0)
         if not created:
             raise StoreError(f"run {run_id} exists already")
         self._local[run_id] = _LocalRun()
@@ -593,6 +633,7 @@ class RedisRunStore(RunStore):
             finished=data.get("finished") == "1",
             latest=data.get("latest"),
             cancel_requested=data.get("cancel") == "1",
+            attached=data.get("attached") == "1",
         )
 
     def subscribe(self, run_id: str, after_seq: int = 0) -> Subscription:
@@ -1076,10 +1117,17 @@ class RedisRunSubscription(Subscription):
 
     async def _read_range(self) -> list[StoredEvent] | None:
         store = self._store
-        meta, events = await store._range(self.run_id, self.cursor, _RANGE_COUNT)
+        meta, events = await store._range(self.run_id, self.cursor, _CATCH_UP_COUNT)
         if meta is None:
             return None
         out: list[StoredEvent] = []
+        if self.cursor > meta.last_seq:  # past the end: start again from what is kept
+            reset = reset_event(self.run_id, meta.first_seq)
+            out.append(reset)
+            self.cursor = reset.seq
+            meta, events = await store._range(self.run_id, self.cursor, _CATCH_UP_COUNT)
+            if meta is None:
+                return None
         cursor = self.cursor
         first = events[0].seq if events else meta.first_seq
         if first > cursor + 1 and (events or meta.last_seq > cursor):
@@ -1087,16 +1135,22 @@ class RedisRunSubscription(Subscription):
             out.append(reset)
             cursor = reset.seq
         done = False
+        size = 0
+        cut = False
         for event in events:
             if event.seq <= cursor:
                 continue
+            if size >= _BATCH_BYTES:
+                cut = True  # the rest is read again once this batch is written
+                break
+            size += len(event.data)
             out.append(event)
             cursor = event.seq
             if event.type == EventType.DONE.value:
                 done = True
                 break
         self.cursor = cursor
-        self.need_range = len(events) >= _RANGE_COUNT and not done
+        self.need_range = (cut or len(events) >= _CATCH_UP_COUNT) and not done
         if not out and meta.finished and cursor >= meta.last_seq:
             return None
         if not done and not self.need_range and not self.registered and store._reader is not None:

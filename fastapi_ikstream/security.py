@@ -71,6 +71,10 @@ class Principal(BaseModel):
             an API key.
         scopes: the scopes granted (JWT ``scope``/``scp``); empty for API keys unless given.
         claims: every verified claim of the JWT; empty for API keys unless given.
+        authority: who vouched for the subject: ``"jwt:{iss}"`` (``"jwt:"`` without an
+            issuer) for a JWT, ``"apikey"`` for an API key. Runs belong to the authority
+            and the subject together, so an API key named ``alice`` cannot read the runs
+            of a JWT subject ``alice``.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -78,6 +82,7 @@ class Principal(BaseModel):
     subject: str = Field(min_length=1)
     scopes: frozenset[str] = frozenset()
     claims: dict[str, Any] = Field(default_factory=dict)
+    authority: str | None = None
 
 
 class _TokenRejected(Exception):
@@ -223,7 +228,12 @@ class JWTBearer(SecurityBase):
             claims = await self._verify(token)
         except _TokenRejected as exc:
             self._refuse(401, str(exc), "invalid_token")
-        principal = Principal(subject=claims["sub"], scopes=_scopes_of(claims), claims=dict(claims))
+        principal = Principal(
+            subject=claims["sub"],
+            scopes=_scopes_of(claims),
+            claims=dict(claims),
+            authority=f"jwt:{claims.get('iss') or ''}",
+        )
         missing = self.required_scopes - principal.scopes
         if missing:
             self._refuse(
@@ -494,7 +504,11 @@ class APIKeyAuth(SecurityBase):
         self._entries = [
             (
                 hashlib.sha256(key.encode()).digest(),
-                who if isinstance(who, Principal) else Principal(subject=who),
+                (
+                    who.model_copy(update={"authority": who.authority or "apikey"})
+                    if isinstance(who, Principal)
+                    else Principal(subject=who, authority="apikey")
+                ),
             )
             for key, who in keys.items()
         ]

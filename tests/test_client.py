@@ -787,11 +787,13 @@ async def test_router_detached_run_is_followed_on_its_events_url(serve_app):
     with serve_app(app) as server:
         async with asyncio.timeout(10), httpx.AsyncClient(timeout=TIMEOUT) as http:
             created = (await http.post(server.url + "/api/job/runs", json={})).json()
-            async with aconnect_states(http, "GET", created["events_url"]) as stream:
+            async with aconnect_states(http, "GET", server.url + created["events_url"]) as stream:
                 states = [state async for state in stream.aiter_states()]
             # resuming after the last event: the run is over, nothing more (204)
             last = states[-1].event_id
-            again = await http.get(created["events_url"], headers={"Last-Event-ID": last})
+            again = await http.get(
+                server.url + created["events_url"], headers={"Last-Event-ID": last}
+            )
             final = await http.post(server.url + "/api/job", json={})
             with pytest.raises(StreamProtocolError):
                 await process_streaming_response(

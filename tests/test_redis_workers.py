@@ -228,10 +228,10 @@ async def test_rate_limit_and_run_cap_hold_across_workers(
         refused = await client.post(b.url + "/api/limited/runs", json={"steps": 1})
         assert refused.status_code == 429
         assert "1" in str(refused.json()["detail"])
-        cancel = await client.delete(first.json()["cancel_url"])
+        cancel = await client.delete(a.url + first.json()["cancel_url"])
         assert cancel.status_code == 202
         for _ in range(200):  # the slot is freed once the cancelled run has ended
-            state = await client.get(first.json()["state_url"])
+            state = await client.get(a.url + first.json()["state_url"])
             if state.json()["finished"]:
                 break
             await asyncio.sleep(0.02)

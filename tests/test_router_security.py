@@ -108,9 +108,12 @@ async def test_third_concurrent_run_is_refused_until_one_ends(serve_app):
             third = await client.post(url, json={}, headers=bearer("alice"))
             assert third.status_code == 429
             assert "2" in str(third.json()["detail"])
+            assert int(third.headers["Retry-After"]) > 0
             other = await client.post(url, json={}, headers=bearer("bob"))
             assert other.status_code == 201
-            cancel = await client.delete(first.json()["cancel_url"], headers=bearer("alice"))
+            cancel = await client.delete(
+                server.url + first.json()["cancel_url"], headers=bearer("alice")
+            )
             assert cancel.status_code == 202
             for _ in range(100):
                 again = await client.post(url, json={}, headers=bearer("alice"))

@@ -150,7 +150,7 @@ async def test_a_server_shutting_down_closes_streams_with_a_retry_hint_and_refus
     with serve_app(app) as server:
         async with httpx.AsyncClient(timeout=5) as http:
             created = await http.post(server.url + "/gen/runs", json={})
-            events_url = created.json()["events_url"]
+            events_url = server.url + created.json()["events_url"]
             body = b""
             async with http.stream("GET", events_url) as response:
                 async for chunk in response.aiter_bytes():
@@ -163,8 +163,9 @@ async def test_a_server_shutting_down_closes_streams_with_a_retry_hint_and_refus
                 await http.get(events_url),
             ]
             assert [answer.status_code for answer in answers] == [503] * 3
-            assert all("shutting down" in answer.json()["detail"] for answer in answers)
-            snapshot = await http.get(created.json()["state_url"])
+            assert all("shutting down" in str(answer.json()["detail"]) for answer in answers)
+            assert all(answer.headers["Retry-After"] for answer in answers)
+            snapshot = await http.get(server.url + created.json()["state_url"])
             assert snapshot.status_code == 200
     # the stream ended between events, with the reconnection delay as a lone field line
     assert body.startswith(b"event: run\n")

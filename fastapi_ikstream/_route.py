@@ -1,0 +1,85 @@
+"""The router's route class: body size limits (413) and a complete ``Allow`` on 405.
+
+Both are answered as JSON before any endpoint code runs, so nothing is acquired for a
+request that is too large or uses the wrong method.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.types import Message, Receive, Scope, Send
+
+__all__ = ["body_limited_route"]
+
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse(
+        {"detail": f"The request body is larger than {limit} bytes."}, status_code=413
+    )
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    """``receive`` that ends a body growing past ``limit`` bytes with a 413 (chunked bodies)."""
+    seen = 0
+
+    async def limited() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise HTTPException(413, detail=f"The request body is larger than {limit} bytes.")
+        return message
+
+    return limited
+
+
+def body_limited_route(max_body_size: int) -> type[APIRoute]:
+    """A route class answering 413 (JSON) past ``max_body_size`` bytes, and 405 with ``Allow``.
+
+    Args:
+        max_body_size: bytes a request body may have; checked on ``Content-Length`` before
+            reading, and while reading a body without one.
+    """
+    allowed: dict[str, set[str]] = {}
+
+    class BodyLimitedRoute(APIRoute):
+        """Answers 413 (JSON) for a body over the limit; a 405 lists every method of the path."""
+
+        def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+            super().__init__(path, endpoint, **kwargs)
+            allowed.setdefault(self.path, set()).update(self.methods or ())
+
+        async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+            response: JSONResponse | None = None
+            if self.methods and scope["method"] not in self.methods:
+                methods = ", ".join(sorted(allowed.get(self.path, self.methods)))
+                response = JSONResponse(
+                    {"detail": "Method Not Allowed"}, 405, headers={"Allow": methods}
+                )
+            elif scope["method"] in _WITH_BODY:
+                declared = _content_length(scope)
+                if declared is None:
+                    receive = _limited(receive, max_body_size)
+                elif not declared.isdigit():
+                    response = JSONResponse({"detail": "Invalid Content-Length."}, 400)
+                elif int(declared) > max_body_size:
+                    response = _too_large(max_body_size)
+            if response is not None:
+                await response(scope, receive, send)
+                return
+            await super().handle(scope, receive, send)
+
+    return BodyLimitedRoute
+
+
+def _content_length(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return str(value.decode("latin-1"))
+    return None
