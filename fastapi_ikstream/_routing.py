@@ -155,6 +155,14 @@ def _check_timing(on_disconnect: str, reconnect_grace: float, retry: int | None)
 def _rate_limiter(
     rate_limit: Any, storage: str, scope: str | None, trust_forwarded_for: bool
 ) -> Any:
+    """A ``RateLimit`` from a string, a `SlowAPILimit` from ``(limiter, limits)``."""
+    if isinstance(rate_limit, tuple):
+        from ._slowapi import SlowAPILimit
+
+        limiter, limits = rate_limit
+        return SlowAPILimit(limiter, limits, scope=scope or "ikstream")
+    if type(rate_limit).__name__ == "Limiter" and type(rate_limit).__module__.startswith("slowapi"):
+        raise ValueError('give the limits with the slowapi Limiter: (limiter, "10/minute")')
     if rate_limit is None or not isinstance(rate_limit, str):
         return rate_limit
     from .ratelimit import RateLimit
@@ -213,8 +221,10 @@ def create_router(
         path: path of the endpoints, e.g. ``"/generate-image"``. Default ``""``.
         request_model: the body model; default `RunRequest` (inputs, parameters, task_name).
         auth: a dependency giving the caller's ``Principal`` (e.g. ``JWTBearer``); None is open.
-        rate_limit: ``"10/minute;200/day"`` or a ``RateLimit``; per caller, counted by each
-            request that starts a run (resumes have their own budget, `Quotas.resumes`).
+        rate_limit: ``"10/minute;200/day"``, a ``RateLimit``, or ``(limiter, "10/minute")``
+            with an app's slowapi ``Limiter`` (its storage and key function are used, see
+            ``fastapi_ikstream.ratelimit.SlowAPILimit``); per caller, counted by each request
+            that starts a run (resumes have their own budget, `Quotas.resumes`).
         rate_limit_storage: ``limits`` storage URI, ``memory://`` or ``redis://…``.
         rate_limit_scope: the budget's name in a shared storage, the same in every worker.
             Default ``"ikstream:{name}"`` for a shared storage, unique to the router in memory.

@@ -58,7 +58,7 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by t
 if TYPE_CHECKING:
     from .security import Principal
 
-__all__ = ["ConcurrencyLimit", "RateLimit", "Release", "client_address"]
+__all__ = ["ConcurrencyLimit", "RateLimit", "Release", "SlowAPILimit", "client_address"]
 
 logger = logging.getLogger("fastapi_ikstream")
 
@@ -370,3 +370,12 @@ class ConcurrencyLimit:
         """Close the Redis connections; the limit is unusable afterwards."""
         if self._redis is not None:
             await self._redis.aclose()
+
+
+def __getattr__(name: str) -> Any:
+    """`SlowAPILimit` is imported on first use: only apps that run slowapi need slowapi."""
+    if name == "SlowAPILimit":
+        from ._slowapi import SlowAPILimit
+
+        return SlowAPILimit
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
