@@ -13,6 +13,7 @@ from ._exceptions import DeploymentError as DeploymentError
 from ._exceptions import DeploymentTimeoutError as DeploymentTimeoutError
 from ._exceptions import IKStreamError as IKStreamError
 from ._exceptions import MissingExtraError as MissingExtraError
+from ._exceptions import QuotaExceededError as QuotaExceededError
 from ._exceptions import RunCancelledError as RunCancelledError
 from ._exceptions import RunFailedError as RunFailedError
 from ._exceptions import RunNotFoundError as RunNotFoundError
@@ -58,6 +59,7 @@ __all__ = [
     "MemoryRunStore",
     "MissingExtraError",
     "Progress",
+    "QuotaExceededError",
     "Quotas",
     "RunCancelledError",
     "RunError",

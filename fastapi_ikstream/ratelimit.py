@@ -58,7 +58,7 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by t
 if TYPE_CHECKING:
     from .security import Principal
 
-__all__ = ["ConcurrencyLimit", "RateLimit", "Release", "SlowAPILimit", "client_address"]
+__all__ = ["ConcurrencyLimit", "RateLimit", "Release", "SlowAPILimit", "client_address"]  # noqa: F822
 
 logger = logging.getLogger("fastapi_ikstream")
 

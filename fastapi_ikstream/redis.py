@@ -77,11 +77,13 @@ _CLOSE_FLUSH_SECONDS = 2.0
 # on ``done``. Returns the last stored seq, -1 if the run had ended, -2 if it is unknown.
 _APPEND_FUNCTION = """
 local function append_events(keys, run_id, maxlen, ret_ms, live_ms, argv, start)
-  local m = redis.call('HMGET', keys[2], 'finished', 'last_seq', 'first_seq')
+  local m = redis.call('HMGET', keys[2], 'finished', 'last_seq', 'first_seq', 'maxbytes', 'bytes')
   if not m[1] then return -2 end
   if m[1] == '1' then return -1 end
   local last = tonumber(m[2])
   local first = tonumber(m[3])
+  local maxbytes = tonumber(m[4] or '0')
+  local total = tonumber(m[5] or '0')
   local trim_to = false
   local latest = false
   local status = false
@@ -92,6 +94,14 @@ local function append_events(keys, run_id, maxlen, ret_ms, live_ms, argv, start)
       if seq > last + 1 then
         trim_to = argv[i]
         first = seq
+        total = 0
+      end
+      if maxbytes > 0 then
+        if redis.call('XLEN', keys[1]) >= tonumber(maxlen) then
+          local old = redis.call('XRANGE', keys[1], '-', '+', 'COUNT', 1)
+          if old[1] then total = total - string.len(old[1][2][4]) end
+        end
+        total = total + string.len(argv[i + 2])
       end
       redis.call('XADD', keys[1], 'MAXLEN', maxlen, argv[i] .. '-0',
         'type', argv[i + 1], 'data', argv[i + 2])
@@ -105,6 +115,23 @@ local function append_events(keys, run_id, maxlen, ret_ms, live_ms, argv, start)
     end
   end
   if trim_to then redis.call('XTRIM', keys[1], 'MINID', trim_to .. '-0') end
+  if maxbytes > 0 then
+    if total > maxbytes then
+      local target = maxbytes - math.floor(maxbytes / 4)
+      local n = redis.call('XLEN', keys[1])
+      while total > target and n > 2 do
+        local batch = redis.call('XRANGE', keys[1], '-', '+', 'COUNT', math.min(64, n - 2))
+        for _, e in ipairs(batch) do
+          total = total - string.len(e[2][4])
+          redis.call('XDEL', keys[1], e[1])
+          n = n - 1
+          first = tonumber(string.match(e[1], '^(%d+)')) + 1
+          if total <= target or n <= 2 then break end
+        end
+      end
+    end
+    redis.call('HSET', keys[2], 'bytes', string.format('%d', total))
+  end
   local floor = last - tonumber(maxlen) + 1
   if floor > first then first = floor end
   redis.call('HSET', keys[2], 'last_seq', string.format('%d', last),
@@ -154,7 +181,8 @@ return 0
 
 # KEYS: stream, meta, lease, active. ARGV: run_id, owner, principal, has principal, lease ms,
 # live ttl ms, attached ('1'/'0'), holder key ('' for none), max active (0 for no bound),
-# meta key prefix. Returns 1 created, 0 exists, -1 the holder has max active unfinished runs.
+# meta key prefix, max bytes per run (0 for no bound). Returns 1 created, 0 exists, -1 the
+# holder has max active unfinished runs.
 # The holder's sorted set lists its unfinished runs: the append script removes a run from it
 # with ``done``, whatever wrote it (the run's end, a cancel, shutdown, an orphan sweep), and
 # members whose meta hash is gone or finished are dropped here.
@@ -180,6 +208,7 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[2], 'status', 'received', 'last_seq', '0', 'first_seq', '1',
   'finished', '0', 'cancel', '0', 'watchers', '0', 'owner', ARGV[2], 'attached', ARGV[7])
 if holder ~= '' then redis.call('HSET', KEYS[2], 'holder', holder) end
+if tonumber(ARGV[11]) > 0 then redis.call('HSET', KEYS[2], 'maxbytes', ARGV[11], 'bytes', '0') end
 if ARGV[4] == '1' then redis.call('HSET', KEYS[2], 'principal', ARGV[3]) end
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[5])
@@ -348,6 +377,9 @@ class RedisRunStore(RunStore):
         prefix: prefix of every key and channel. Default ``"ikstream:"``.
         max_events_per_run: events kept per run (the stream is trimmed exactly to it); a
             reader that asks for older ones gets a ``reset``. Default 10,000.
+        max_bytes_per_run: bytes of event JSON kept per run at most; the oldest events are
+            dropped first (a reader that asks for them gets a ``reset``), the last two (a
+            run's terminal state and ``done``) always stay. None for no bound. Default 16 MiB.
         retention: seconds a finished run stays readable. Default 300.0.
         lease_seconds: lifetime of the owner's lease, refreshed three times per lease. A run
             whose owner stops is ended as ``orphaned`` within about ``lease_seconds +
@@ -371,6 +403,7 @@ class RedisRunStore(RunStore):
         *,
         prefix: str = "ikstream:",
         max_events_per_run: int = 10_000,
+        max_bytes_per_run: int | None = 16 * 1024 * 1024,
         retention: float = 300.0,
         lease_seconds: float = 5.0,
         sweep_interval: float | None = None,
@@ -381,6 +414,7 @@ class RedisRunStore(RunStore):
         self.url = url
         self.prefix = prefix
         self.max_events_per_run = max(1, max_events_per_run)
+        self.max_bytes_per_run = max_bytes_per_run
         self.retention = retention
         self.lease_seconds = lease_seconds
         self.sweep_interval = lease_seconds if sweep_interval is None else sweep_interval
@@ -563,7 +597,13 @@ class RedisRunStore(RunStore):
             raise StoreError(f"run {run_id} exists already")
         args = [run_id, self.worker_id, principal or "", "0" if principal is None else "1"]
         holder = "" if quota_key is None else f"{self.prefix}holder:{quota_key}"
-        extra = ["1" if attached else "0", holder, max_active or 0, f"{self.prefix}meta:"]
+        extra = [
+            "1" if attached else "0",
+            holder,
+            max_active or 0,
+            f"{self.prefix}meta:",
+            self.max_bytes_per_run or 0,
+        ]
         try:
             created = await self._eval(
                 "create", self._keys(run_id), [*args, self._lease_ms, self._live_ms, *extra]

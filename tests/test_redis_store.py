@@ -644,3 +644,63 @@ def test_import_without_redis_names_the_extra() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.stdout.startswith(MissingExtraError.__name__), out.stderr
     assert 'pip install "fastapi-ikstream[redis]"' in out.stdout
+
+
+async def test_retention_is_bounded_in_bytes_and_the_end_always_stays(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store(max_bytes_per_run=20_000)
+    async with asyncio.timeout(20):
+        await store.create_run("big", principal=None)
+        log = [{"ts": 1.0, "message": "x" * 1000}]
+        store.append(state("big", 1, EventType.RUN, status=RunStatus.RECEIVED))
+        for seq in range(2, 200):
+            store.append(state("big", seq, logs=log))
+        store.append(state("big", 200, EventType.RESULT, status=RunStatus.COMPLETED, results=[]))
+        store.append(state("big", 201, EventType.DONE, status=RunStatus.COMPLETED))
+        await store.flush("big")
+        info = await store.get_info("big")
+        assert info is not None
+        assert info.finished
+        events = await read_all(store, "big")
+        kept = [e for e in events if e.type != "reset"]
+        assert events[0].type == "reset"  # what was trimmed is said, never skipped silently
+        assert sum(len(e.data) for e in kept) <= 20_000
+        assert [e.seq for e in kept] == list(range(info.first_seq, 202))
+        assert [e.type for e in kept[-2:]] == ["result", "done"]
+
+
+async def test_a_reader_catching_up_gets_bounded_batches(make_store: StoreFactory) -> None:
+    store = make_store()
+    async with asyncio.timeout(20):
+        await store.create_run("wide", principal=None)
+        log = [{"ts": 1.0, "message": "y" * 10_000}]
+        store.append(state("wide", 1, EventType.RUN, status=RunStatus.RECEIVED))
+        for seq in range(2, 60):
+            store.append(state("wide", seq, logs=log))
+        await store.flush("wide")
+        sub = store.subscribe("wide", 0)
+        sizes = []
+        seen = 0
+        while seen < 59:
+            batch = await sub.next_batch(2.0)
+            assert batch
+            sizes.append(sum(len(e.data) for e in batch))
+            seen = batch[-1].seq
+        await sub.aclose()
+        assert len(sizes) > 1
+        assert max(sizes) < 64 * 1024 + 11_000  # one batch: about 64 KiB, one event beyond
+
+
+async def test_a_cursor_past_the_end_gets_a_reset(make_store: StoreFactory) -> None:
+    store = make_store()
+    async with asyncio.timeout(20):
+        await store.create_run("short", principal=None)
+        append_run(store, "short", 1, 5)
+        await store.flush("short")
+        sub = store.subscribe("short", 50)
+        batch = await sub.next_batch(2.0)
+        await sub.aclose()
+        assert batch is not None
+        assert batch[0].type == "reset"
+        assert [e.seq for e in batch[1:]] == [1, 2, 3, 4, 5]
