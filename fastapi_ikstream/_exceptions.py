@@ -10,7 +10,8 @@ The tree, in the manner of httpx's ``_exceptions.py``::
     ├── RunCancelledError                        a run ended with a ``cancelled`` state
     ├── MissingExtraError (also ImportError)     an optional dependency is not installed
     └── StoreError                               the run store refused an operation
-        └── RunNotFoundError (also KeyError)
+        ├── RunNotFoundError (also KeyError)
+        └── StoreUnavailableError                the store's backend cannot be reached
 
 The client module adds its own branch (``StreamError`` and its subclasses).
 """
@@ -31,6 +32,7 @@ __all__ = [
     "RunFailedError",
     "RunNotFoundError",
     "StoreError",
+    "StoreUnavailableError",
     "StreamConsumedError",
 ]
 
@@ -124,3 +126,16 @@ class RunNotFoundError(StoreError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "run not found"
+
+
+class StoreUnavailableError(StoreError):
+    """The run store's backend (Redis, say) cannot be reached or refused to answer.
+
+    Its message is public and fixed: it never names a host, a port or the driver's own
+    text, which are logged on the server instead. The router answers it with 503 and a
+    ``Retry-After``; an open stream ends so that its client reconnects (see
+    ``docs/concepts/security.md``).
+    """
+
+    def __init__(self, message: str = "The run store is unavailable; try again shortly.") -> None:
+        super().__init__(message)

@@ -19,7 +19,9 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError, model_validator
 from starlette.types import Receive, Scope, Send
 
+from ._cursor import MAX_SEQ, parse_seq
 from ._deployments import Deployment, as_deployment
+from ._errors import store_error_response, store_http_error, validation_error_response
 from ._exceptions import RunNotFoundError, StoreError
 from ._models import EventType, RunState
 from ._openapi import ERROR_RESPONSES, RunCreated, RunSnapshot, stream_responses
@@ -157,11 +159,8 @@ def _parse_last_event_id(value: str | None) -> tuple[str | None, int] | None:
     if not value:
         return None
     run_id, sep, seq = value.strip().rpartition(":")
-    try:
-        number = int(seq)
-    except ValueError:
-        return None
-    if number < 0:
+    number = parse_seq(seq)  # ASCII digits, below 2**63
+    if number is None:
         return None
     return (run_id if sep else None), number
 
@@ -204,7 +203,12 @@ def _route_class(max_body_size: int) -> type[APIRoute]:
                             if len(body) > max_body_size:
                                 return _too_large(max_body_size)
                         request._body = bytes(body)
-                response: Response = await handler(request)
+                try:
+                    response: Response = await handler(request)
+                except RequestValidationError as exc:  # never a 500 for a non-finite number
+                    return validation_error_response(exc)
+                except StoreError as exc:  # e.g. Redis is away: 503, no internals
+                    return store_error_response(exc)
                 return response
 
             return limited
@@ -460,7 +464,7 @@ def create_router(
         except StoreError as exc:
             if admitted.release is not None:
                 await admitted.release()
-            raise HTTPException(503, detail=str(exc) or "The run store is full.") from exc
+            raise store_http_error(exc) from exc
 
     async def open_stream(
         run_id: str, after_seq: int, media_type: str, headers: dict[str, str]
@@ -606,7 +610,8 @@ def create_router(
             str | None, Query(description="For clients that cannot set Last-Event-ID.")
         ] = None,
         after_seq: Annotated[
-            int | None, Query(ge=0, description="Resume after this seq (JSON lines).")
+            int | None,
+            Query(ge=0, le=MAX_SEQ, description="Resume after this seq (JSON lines)."),
         ] = None,
         media_type: str = Depends(media_type_dep),
         principal: Any = Depends(principal_dep),

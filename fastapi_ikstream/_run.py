@@ -27,6 +27,7 @@ from ._log import RunLog
 from ._models import EventType, LogLine, Progress, RunError, RunState, RunStatus, status_from_state
 from ._response import EventStreamResponse, negotiate_media_type
 from ._store import MemoryRunSubscription
+from ._wire import check_sse_id
 
 __all__ = ["DEFAULT_TIMEOUT", "OnProgress", "RunSource", "StreamingRun", "new_run_id"]
 
@@ -129,7 +130,8 @@ class StreamingRun:
         source: ``fn(on_progress)`` returning the results (or an awaitable of them), or an
             async iterable yielding updates (dicts, `RunState`, or results as the last item
             when it has a ``results`` key).
-        run_id: the run's id; a new unguessable one by default.
+        run_id: the run's id (it is sent in each SSE ``id:``); a new unguessable one by
+            default.
         inputs: the run's inputs, sent on the ``result`` event when ``include_inputs``.
         include_inputs: send ``inputs`` on the ``result`` event. Default False.
         raise_on_error: `aiter_states` raises `RunFailedError` (or `RunCancelledError`) after
@@ -141,6 +143,9 @@ class StreamingRun:
         retry: reconnection delay in milliseconds sent as SSE ``retry:`` on the first event.
             Default 3000.
         max_events: events buffered for a slow reader before it gets a ``reset``. Default 10,000.
+
+    Raises:
+        ValueError: ``run_id`` holds a CR, an LF or a NUL (it would break the SSE ``id:``).
     """
 
     def __init__(
@@ -158,7 +163,7 @@ class StreamingRun:
         max_events: int = 10_000,
     ) -> None:
         self.source = source
-        self.run_id = run_id or new_run_id()
+        self.run_id = check_sse_id(run_id, "run_id") if run_id else new_run_id()
         self.inputs = inputs
         self.include_inputs = include_inputs
         self.raise_on_error = raise_on_error

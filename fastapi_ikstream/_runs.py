@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Any, Literal
 
+from ._exceptions import StoreError
 from ._response import StreamHandle
 from ._run import StreamingRun
 from ._store import RunStore
@@ -123,8 +124,15 @@ class RunManager:
         await self.store.add_watcher(run_id, 1)
 
     async def reader_left(self, run_id: str) -> None:
-        """Count a reader out; with the ``cancel`` policy, cancel after the grace time."""
-        remaining = await self.store.add_watcher(run_id, -1)
+        """Count a reader out; with the ``cancel`` policy, cancel after the grace time.
+
+        A store that fails here is logged, not raised: this runs as a stream closes.
+        """
+        try:
+            remaining = await self.store.add_watcher(run_id, -1)
+        except StoreError as exc:
+            logger.warning("run %s: the store could not count a reader out: %s", run_id, exc)
+            return
         # At shutdown the server closed the stream, not the client: the run drains instead.
         if remaining > 0 or self.on_disconnect != "cancel" or not self.accepting:
             return
@@ -142,8 +150,11 @@ class RunManager:
         await self._cancel_if_unwatched(run_id)
 
     async def _cancel_if_unwatched(self, run_id: str) -> None:
-        if await self.store.add_watcher(run_id, 0) == 0:
-            await self.store.request_cancel(run_id, "the client went away")
+        try:
+            if await self.store.add_watcher(run_id, 0) == 0:
+                await self.store.request_cancel(run_id, "the client went away")
+        except StoreError as exc:
+            logger.warning("run %s: the store could not cancel an unwatched run: %s", run_id, exc)
 
     # -- shutdown --------------------------------------------------------------------------
 

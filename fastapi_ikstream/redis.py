@@ -45,6 +45,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ._cursor import MAX_SEQ
 from ._exceptions import MissingExtraError, RunNotFoundError, StoreError
 from ._models import EventType, RunError, RunState, RunStatus
 from ._store import CancelHandler, RunInfo, RunStore, StoredEvent, Subscription, reset_event
@@ -56,6 +57,8 @@ try:
     from redis.exceptions import NoScriptError, RedisError
 except ImportError as exc:
     raise MissingExtraError("redis", "fastapi_ikstream.redis") from exc
+
+from ._redis_faults import UNAVAILABLE_AFTER, is_permanent, refused, translated, unavailable
 
 __all__ = ["ORPHANED_MESSAGE", "RedisRunStore", "RedisRunSubscription"]
 
@@ -436,7 +439,7 @@ class RedisRunStore(RunStore):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
                 await pubsub_client.aclose()
                 await client.aclose()
-                raise StoreError(f"the Redis run store is unreachable: {exc}") from exc
+                raise unavailable(exc, "connecting") from None
             self._pubsub_client = pubsub_client
             self._pubsub = pubsub
             self._wake_writer = asyncio.Event()
@@ -517,22 +520,21 @@ class RedisRunStore(RunStore):
 
     # -- runs ------------------------------------------------------------------------------
 
+    @translated("creating a run")
     async def create_run(self, run_id: str, *, principal: str | None) -> None:
         """Register a new run, owned by this worker (see `RunStore.create_run`).
 
         Raises:
-            StoreError: the run exists already, or Redis cannot be reached.
+            StoreError: the run exists already.
+            StoreUnavailableError: Redis cannot be reached.
         """
         await self._ensure_started()
         if run_id in self._local:
             raise StoreError(f"run {run_id} exists already")
         args = [run_id, self.worker_id, principal or "", "0" if principal is None else "1"]
-        try:
-            created = await self._eval(
-                "create", self._keys(run_id), [*args, self._lease_ms, self._live_ms]
-            )
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"the Redis run store is unreachable: {exc}") from exc
+        created = await self._eval(
+            "create", self._keys(run_id), [*args, self._lease_ms, self._live_ms]
+        )
         if not created:
             raise StoreError(f"run {run_id} exists already")
         self._local[run_id] = _LocalRun()
@@ -578,6 +580,7 @@ class RedisRunStore(RunStore):
             run.waiters.append(fut)
             await fut
 
+    @translated("reading a run")
     async def get_info(self, run_id: str) -> RunInfo | None:
         """See `RunStore.get_info`."""
         await self._ensure_started()
@@ -606,6 +609,7 @@ class RedisRunStore(RunStore):
         self._subscriptions.add(subscription)
         return subscription
 
+    @translated("cancelling a run")
     async def request_cancel(self, run_id: str, reason: str) -> bool:
         """Set the run's durable cancel flag and notify every worker (see `RunStore`)."""
         await self._ensure_started()
@@ -617,6 +621,7 @@ class RedisRunStore(RunStore):
             self._dispatch_cancel(run_id, reason)
         return bool(accepted)
 
+    @translated("counting readers")
     async def add_watcher(self, run_id: str, delta: int) -> int:
         """Count a reader in (+1) or out (-1); returns the readers open on all live workers.
 
@@ -629,6 +634,7 @@ class RedisRunStore(RunStore):
         total = await self._eval("watch", [self._keys(run_id)[1]], args)
         return int(total)
 
+    @translated("sweeping")
     async def sweep(self) -> int:
         """End the runs whose owner's lease lapsed as ``orphaned`` (also done periodically).
 
@@ -955,6 +961,7 @@ class _SharedReader:
                     self.in_flight = False
             except Exception as exc:
                 logger.warning("run store: the shared Redis reader failed (%s); reconnecting", exc)
+                self._fail_readers(drop=is_permanent(exc))
                 await self._disconnect()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -965,6 +972,15 @@ class _SharedReader:
                     self._dispatch(reply)
                 except Exception:
                     logger.exception("run store: could not read events from Redis")
+
+    def _fail_readers(self, *, drop: bool) -> None:
+        """Make every reader check Redis on its own (and leave, on a permanent error)."""
+        for subs in list(self.subs.values()):
+            for sub in list(subs):
+                if drop:
+                    self.unregister(sub)
+                sub.need_range = True
+                sub.wake(True)
 
     def _dispatch(self, reply: Any) -> None:
         items = reply.items() if isinstance(reply, dict) else reply
@@ -1018,6 +1034,7 @@ class RedisRunSubscription(Subscription):
     __slots__ = (
         "_closed",
         "_ended",
+        "_failing_since",
         "_queue",
         "_store",
         "_waiter",
@@ -1030,13 +1047,14 @@ class RedisRunSubscription(Subscription):
     def __init__(self, store: RedisRunStore, run_id: str, after_seq: int) -> None:
         self._store = store
         self.run_id = run_id
-        self.cursor = max(0, after_seq)
+        self.cursor = min(max(0, after_seq), MAX_SEQ)
         self._queue: deque[StoredEvent] = deque()
         self.need_range = True
         self.registered = False
         self._ended = False
         self._closed = False
         self._waiter: asyncio.Future[bool] | None = None
+        self._failing_since: float | None = None
 
     def push(self, events: list[StoredEvent]) -> None:
         """Take events from the shared reader (drops them all and reads alone on overflow)."""
@@ -1157,6 +1175,7 @@ class RedisRunSubscription(Subscription):
                 if batch is None:
                     break
                 if batch:
+                    self._failing_since = None
                     if batch[-1].type == EventType.DONE.value:
                         self._end()
                     return batch
@@ -1168,15 +1187,25 @@ class RedisRunSubscription(Subscription):
                 if self._closed or not store._started:
                     break
                 found = await self._check()
+                self._failing_since = None
                 if found is None:
                     break
                 if found:
                     continue
             except (RedisError, OSError) as exc:
-                logger.warning("run %s: reading it from Redis failed: %s", self.run_id, exc)
+                if is_permanent(exc):
+                    self._end()
+                    raise refused(exc, f"reading run {self.run_id}") from None
+                now = loop.time()
+                if self._failing_since is None:
+                    self._failing_since = now
+                if now - self._failing_since >= UNAVAILABLE_AFTER:
+                    self._end()
+                    raise unavailable(exc, f"reading run {self.run_id}") from None
+                logger.info("run %s: reading it from Redis failed: %s", self.run_id, exc)
                 pause = backoff if deadline is None else min(backoff, deadline - loop.time())
                 await asyncio.sleep(max(0.0, pause))
-                backoff = min(backoff * 2, 2.0)
+                backoff = min(backoff * 2, 0.5)
             if deadline is not None and loop.time() >= deadline:
                 return []
         self._end()
