@@ -241,6 +241,7 @@ def create_router(
     rate_limit: Any = None,
     rate_limit_storage: str = "memory://",
     rate_limit_scope: str | None = None,
+    rate_limit_fail_open: bool = False,
     max_concurrent_runs: int | None = None,
     keep_alive: float = 10.0,
     retry: int | None = 3000,
@@ -279,6 +280,9 @@ def create_router(
         rate_limit_storage: ``limits`` storage URI, ``memory://`` or ``redis://…``.
         rate_limit_scope: the budget's name in a shared storage, the same in every worker.
             Default ``"ikstream:{name}"`` for a shared storage, unique to the router in memory.
+        rate_limit_fail_open: when ``rate_limit_storage`` cannot be reached, let requests and
+            runs through uncounted (logged) instead of answering 503; applies to
+            ``rate_limit`` strings and ``max_concurrent_runs``. Default False.
         max_concurrent_runs: runs one principal may have going at once (429 beyond).
         keep_alive: seconds of silence before a keep-alive is sent; 0 disables. Default 10.0.
         retry: SSE ``retry:`` in milliseconds on each connection's first event. Default 3000.
@@ -333,6 +337,7 @@ def create_router(
                 storage_uri=rate_limit_storage,
                 scope=scope,
                 trust_forwarded_for=trust_forwarded_for,
+                fail_open=rate_limit_fail_open,
             )
             if isinstance(rate_limit, str)
             else rate_limit
@@ -342,7 +347,10 @@ def create_router(
         from .ratelimit import ConcurrencyLimit
 
         concurrency = ConcurrencyLimit(
-            max_concurrent_runs, storage_uri=rate_limit_storage, scope=scope
+            max_concurrent_runs,
+            storage_uri=rate_limit_storage,
+            scope=scope,
+            fail_open=rate_limit_fail_open,
         )
 
     @contextlib.asynccontextmanager
