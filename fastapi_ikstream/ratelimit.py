@@ -42,7 +42,6 @@ from urllib.parse import urlsplit
 from fastapi import HTTPException, Request
 
 from ._exceptions import MissingExtraError
-from ._ratelimit_headers import policy_header, rate_limit_headers
 
 try:
     from limits import RateLimitItem, parse_many
@@ -57,6 +56,8 @@ try:
     from limits.storage import storage_from_string
 except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise MissingExtraError("ratelimit", "fastapi_ikstream.ratelimit") from _exc
+
+from ._ratelimit_headers import policy_header, rate_limit_headers
 
 if TYPE_CHECKING:
     from .security import Principal
