@@ -49,12 +49,13 @@ from typing import Annotated, Any
 import cv2
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from example_app.workflow import SAMPLES, FaceCannyWorkflow
-from fastapi_ikstream import create_router
+from fastapi_ikstream import create_router, validation_exception_handler
 from fastapi_ikstream.ratelimit import RateLimit
 from fastapi_ikstream.security import JWTBearer, create_access_token
 
@@ -243,6 +244,8 @@ def create_app(
         summary="Face, cat and edge detection on photographs, streamed as Server-Sent Events.",
         lifespan=lifespan,
     )
+    # The app's own routes (the login) answer a body with NaN or 1e999 with a 422, too.
+    app.add_exception_handler(RequestValidationError, validation_exception_handler)
     app.state.deployment = observed
     app.state.router = router
     app.state.mode = mode

@@ -9,6 +9,7 @@ from ._deployments import CallableDeployment as CallableDeployment
 from ._deployments import Deployment as Deployment
 from ._deployments import GeneratorDeployment as GeneratorDeployment
 from ._deployments import as_deployment as as_deployment
+from ._errors import validation_exception_handler as validation_exception_handler
 from ._exceptions import DeploymentError as DeploymentError
 from ._exceptions import DeploymentTimeoutError as DeploymentTimeoutError
 from ._exceptions import IKStreamError as IKStreamError
@@ -18,6 +19,7 @@ from ._exceptions import RunCancelledError as RunCancelledError
 from ._exceptions import RunFailedError as RunFailedError
 from ._exceptions import RunNotFoundError as RunNotFoundError
 from ._exceptions import StoreError as StoreError
+from ._exceptions import StoreUnavailableError as StoreUnavailableError
 from ._exceptions import StreamConsumedError as StreamConsumedError
 from ._memory import MemoryRunStore as MemoryRunStore
 from ._models import EventType as EventType
@@ -73,6 +75,7 @@ __all__ = [
     "RunStatus",
     "RunStore",
     "StoreError",
+    "StoreUnavailableError",
     "StoredEvent",
     "StreamConsumedError",
     "StreamRouter",
@@ -84,4 +87,5 @@ __all__ = [
     "encode_jsonl",
     "encode_sse",
     "status_from_state",
+    "validation_exception_handler",
 ]

@@ -72,6 +72,7 @@ class Admission:
         scope: the budget's name in a shared storage (for the resume budget).
         storage_uri: ``limits`` storage of the resume budget.
         trust_forwarded_for: key anonymous callers on ``X-Forwarded-For``.
+        fail_open: let requests through when the resume budget's storage fails.
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class Admission:
         scope: str | None,
         storage_uri: str,
         trust_forwarded_for: bool,
+        fail_open: bool = False,
     ) -> None:
         self.rate_limit = rate_limit
         self.quotas = quotas
@@ -98,6 +100,7 @@ class Admission:
                 storage_uri=storage_uri,
                 scope=None if scope is None else scope + ":resume",
                 trust_forwarded_for=trust_forwarded_for,
+                fail_open=fail_open,
             )
         self._streams: dict[str, int] = {}
 

@@ -18,7 +18,13 @@ from fastapi.responses import JSONResponse
 
 from ._admission import Admission, quota_refused
 from ._cursor import Cursor, parse_event_id
-from ._exceptions import QuotaExceededError, RunNotFoundError, StoreError
+from ._errors import store_http_error
+from ._exceptions import (
+    QuotaExceededError,
+    RunNotFoundError,
+    StoreError,
+    StoreUnavailableError,
+)
 from ._identity import owner_of
 from ._models import EventType, RunState
 from ._openapi import RunCreated, RunSnapshot
@@ -35,14 +41,6 @@ MakeRun = Callable[[Any], StreamingRun]
 def not_found() -> HTTPException:
     """The 404 for a run that is unknown, expired, or not the caller's."""
     return HTTPException(404, detail={"error": "run_not_found", "message": "No such run."})
-
-
-def _unavailable() -> HTTPException:
-    return HTTPException(
-        503,
-        detail={"error": "store_unavailable", "message": "The run store is unavailable."},
-        headers={"Retry-After": "5"},
-    )
 
 
 def _shutting_down() -> HTTPException:
@@ -83,7 +81,7 @@ class RouterCore:
         try:
             info = await self.store.get_info(run_id)
         except StoreError as exc:
-            raise _unavailable() from exc
+            raise store_http_error(exc) from exc
         if info is None or (info.principal is not None and info.principal != owner_of(principal)):
             raise not_found()
         return info
@@ -111,6 +109,9 @@ class RouterCore:
                 "too_many_runs",
                 f"At most {n} run{'s' if n != 1 else ''} at once: wait for one to finish.",
             ) from exc
+        except StoreUnavailableError as exc:
+            await _close_source(run)
+            raise store_http_error(exc) from exc
         except StoreError as exc:
             await _close_source(run)
             raise HTTPException(
@@ -273,7 +274,7 @@ class RouterCore:
         try:
             accepted = await self.manager.cancel(run_id, "cancelled by the client")
         except StoreError as exc:
-            raise _unavailable() from exc
+            raise store_http_error(exc) from exc
         if accepted:
             await asyncio.sleep(0)
         snapshot = RunSnapshot(

@@ -11,7 +11,8 @@ The tree, in the manner of httpx's ``_exceptions.py``::
     ├── MissingExtraError (also ImportError)     an optional dependency is not installed
     └── StoreError                               the run store refused an operation
         ├── RunNotFoundError (also KeyError)
-        └── QuotaExceededError                   a caller has too many unfinished runs
+        ├── QuotaExceededError                   a caller has too many unfinished runs
+        └── StoreUnavailableError                the store's backend cannot be reached
 
 The client module adds its own branch (``StreamError`` and its subclasses).
 """
@@ -33,6 +34,7 @@ __all__ = [
     "RunFailedError",
     "RunNotFoundError",
     "StoreError",
+    "StoreUnavailableError",
     "StreamConsumedError",
 ]
 
@@ -138,3 +140,16 @@ class QuotaExceededError(StoreError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"at most {limit} unfinished run{'s' if limit != 1 else ''} at once")
         self.limit = limit
+
+
+class StoreUnavailableError(StoreError):
+    """The run store's backend (Redis, say) cannot be reached or refused to answer.
+
+    Its message is public and fixed: it never names a host, a port or the driver's own
+    text, which are logged on the server instead. The router answers it with 503 and a
+    ``Retry-After``; an open stream ends so that its client reconnects (see
+    ``docs/concepts/security.md``).
+    """
+
+    def __init__(self, message: str = "The run store is unavailable; try again shortly.") -> None:
+        super().__init__(message)

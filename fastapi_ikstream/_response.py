@@ -19,6 +19,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from ._exceptions import StoreError
 from ._store import Subscription
 from ._wire import JSONL_KEEPALIVE, SSE_KEEPALIVE
 
@@ -190,10 +191,15 @@ class EventStreamResponse(Response):
                 raise
             task.uncancel()
             if state.stopping and not state.disconnected:
-                # The reconnection delay as a lone field line: no blank line, so no event.
-                hint = b"" if self.retry is None else b"retry: %d\n" % self.retry
                 with contextlib.suppress(OSError):
-                    await send({"type": "http.response.body", "body": hint, "more_body": False})
+                    await send(
+                        {"type": "http.response.body", "body": self._hint(), "more_body": False}
+                    )
+        except StoreError:
+            # The store failed under the stream (Redis is away): end it with the delay as a
+            # lone ``retry:`` line, so the client reconnects and resumes from Last-Event-ID.
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "body": self._hint(), "more_body": False})
         except OSError:  # the transport broke while writing: the client is gone
             state.disconnected = True
         finally:
@@ -202,6 +208,10 @@ class EventStreamResponse(Response):
             if self.registry is not None:
                 self.registry.discard(state)
             await _close(subscription, self.on_close)
+
+    def _hint(self) -> bytes:
+        """The reconnection delay as a lone field line: no blank line, so no event."""
+        return b"" if self.retry is None else b"retry: %d\n" % self.retry
 
 
 class StreamHandle:

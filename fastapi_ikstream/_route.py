@@ -1,16 +1,21 @@
 """The router's route class: body size limits (413) and a complete ``Allow`` on 405.
 
 Both are answered as JSON before any endpoint code runs, so nothing is acquired for a
-request that is too large or uses the wrong method.
+request that is too large or uses the wrong method. Validation errors are answered 422
+even when the input holds non-finite numbers, and a store failure 503, never 500.
 """
 
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.types import Message, Receive, Scope, Send
+
+from ._errors import store_error_response, validation_error_response
+from ._exceptions import StoreError
 
 __all__ = ["body_limited_route"]
 
@@ -74,6 +79,20 @@ def body_limited_route(max_body_size: int) -> type[APIRoute]:
                 await response(scope, receive, send)
                 return
             await super().handle(scope, receive, send)
+
+        def get_route_handler(self) -> Callable[[Request], Any]:
+            handler = super().get_route_handler()
+
+            async def guarded(request: Request) -> Response:
+                try:
+                    response: Response = await handler(request)
+                except RequestValidationError as exc:  # never a 500 for a non-finite number
+                    return validation_error_response(exc)
+                except StoreError as exc:  # e.g. Redis is away: 503, no internals
+                    return store_error_response(exc)
+                return response
+
+            return guarded
 
     return BodyLimitedRoute
 

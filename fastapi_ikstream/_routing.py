@@ -153,7 +153,7 @@ def _check_timing(on_disconnect: str, reconnect_grace: float, retry: int | None)
 
 
 def _rate_limiter(
-    rate_limit: Any, storage: str, scope: str | None, trust_forwarded_for: bool
+    rate_limit: Any, storage: str, scope: str | None, trust_forwarded_for: bool, fail_open: bool
 ) -> Any:
     """A ``RateLimit`` from a string, a `SlowAPILimit` from ``(limiter, limits)``."""
     if isinstance(rate_limit, tuple):
@@ -168,7 +168,11 @@ def _rate_limiter(
     from .ratelimit import RateLimit
 
     return RateLimit(
-        rate_limit, storage_uri=storage, scope=scope, trust_forwarded_for=trust_forwarded_for
+        rate_limit,
+        storage_uri=storage,
+        scope=scope,
+        trust_forwarded_for=trust_forwarded_for,
+        fail_open=fail_open,
     )
 
 
@@ -181,6 +185,7 @@ def create_router(
     rate_limit: Any = None,
     rate_limit_storage: str = "memory://",
     rate_limit_scope: str | None = None,
+    rate_limit_fail_open: bool = False,
     max_concurrent_runs: int | None = None,
     quotas: Quotas | None = None,
     keep_alive: float = 10.0,
@@ -228,6 +233,10 @@ def create_router(
         rate_limit_storage: ``limits`` storage URI, ``memory://`` or ``redis://…``.
         rate_limit_scope: the budget's name in a shared storage, the same in every worker.
             Default ``"ikstream:{name}"`` for a shared storage, unique to the router in memory.
+        rate_limit_fail_open: when ``rate_limit_storage`` cannot be reached, let requests
+            through uncounted (logged) instead of answering 503; applies to a ``rate_limit``
+            string and the resume budget. Default False. (The concurrent-run cap is counted
+            by the run store: without the store there is no run to start, so it answers 503.)
         max_concurrent_runs: unfinished runs one caller may have at once (429 beyond),
             counted by the run store, so shared by every worker on a shared store.
         quotas: per-caller quotas (unfinished runs, open streams, resumes). Default `Quotas()`.
@@ -270,7 +279,10 @@ def create_router(
     shared = not rate_limit_storage.startswith("memory://")
     scope = rate_limit_scope or (f"ikstream:{label}" if shared else None)
     admission = Admission(
-        rate_limit=_rate_limiter(rate_limit, rate_limit_storage, scope, trust_forwarded_for),
+        rate_limit=_rate_limiter(
+            rate_limit, rate_limit_storage, scope, trust_forwarded_for, rate_limit_fail_open
+        ),
+        fail_open=rate_limit_fail_open,
         quotas=quotas or Quotas(),
         max_concurrent_runs=max_concurrent_runs,
         scope=scope,

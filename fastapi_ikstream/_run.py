@@ -28,6 +28,7 @@ from ._memory import MemoryRunSubscription
 from ._models import EventType, LogLine, Progress, RunError, RunState, RunStatus, status_from_state
 from ._response import EventStreamResponse, negotiate_media_type
 from ._shutdown import on_shutdown_signal
+from ._wire import check_sse_id
 
 __all__ = ["DEFAULT_TIMEOUT", "OnProgress", "RunSource", "StreamingRun", "new_run_id"]
 
@@ -145,6 +146,9 @@ class StreamingRun:
         max_events: events buffered for a slow reader before it gets a ``reset``. Default 10,000.
         drain_timeout: seconds a run streamed by `to_response` may go on after SIGTERM or
             SIGINT before it is cancelled. Default 5.0.
+
+    Raises:
+        ValueError: ``run_id`` holds a CR, an LF or a NUL (it would break the SSE ``id:``).
     """
 
     def __init__(
@@ -163,7 +167,7 @@ class StreamingRun:
         drain_timeout: float = 5.0,
     ) -> None:
         self.source = source
-        self.run_id = run_id or new_run_id()
+        self.run_id = check_sse_id(run_id, "run_id") if run_id else new_run_id()
         self.inputs = inputs
         self.include_inputs = include_inputs
         self.raise_on_error = raise_on_error

@@ -27,6 +27,7 @@ import contextlib
 import logging
 from typing import Literal
 
+from ._exceptions import StoreError
 from ._response import StreamHandle
 from ._run import StreamingRun
 from ._shutdown import on_shutdown_signal
@@ -165,12 +166,18 @@ class RunManager:
         await self.store.add_watcher(run_id, 1)
 
     async def reader_left(self, run_id: str) -> None:
-        """Count a reader out; an attached, unwatched run is cancelled after the grace."""
-        remaining = await self.store.add_watcher(run_id, -1)
-        # At shutdown the server closed the stream, not the client: the run drains instead.
-        if remaining > 0 or self.on_disconnect != "cancel" or not self.accepting:
+        """Count a reader out; an attached, unwatched run is cancelled after the grace.
+
+        A store that fails here is logged, not raised: this runs as a stream closes.
+        """
+        try:
+            remaining = await self.store.add_watcher(run_id, -1)
+            attached = remaining == 0 and await self._is_attached(run_id)
+        except StoreError as exc:
+            logger.warning("run %s: the store could not count a reader out: %s", run_id, exc)
             return
-        if not await self._is_attached(run_id):
+        # At shutdown the server closed the stream, not the client: the run drains instead.
+        if not attached or self.on_disconnect != "cancel" or not self.accepting:
             return
         old = self._grace_tasks.pop(run_id, None)
         if old is not None:
@@ -192,8 +199,11 @@ class RunManager:
         await self._cancel_if_unwatched(run_id)
 
     async def _cancel_if_unwatched(self, run_id: str) -> None:
-        if await self.store.add_watcher(run_id, 0) == 0:
-            await self.store.request_cancel(run_id, "the client went away")
+        try:
+            if await self.store.add_watcher(run_id, 0) == 0:
+                await self.store.request_cancel(run_id, "the client went away")
+        except StoreError as exc:
+            logger.warning("run %s: the store could not cancel an unwatched run: %s", run_id, exc)
 
     async def cancel(self, run_id: str, reason: str) -> bool:
         """Ask for the run to be cancelled (on whichever worker runs it).

@@ -21,6 +21,8 @@ from ._models import RunState
 __all__ = [
     "JSONL_KEEPALIVE",
     "SSE_KEEPALIVE",
+    "check_event_name",
+    "check_sse_id",
     "encode_jsonl",
     "encode_sse",
     "sse_block",
@@ -31,6 +33,35 @@ SSE_KEEPALIVE: Final = b": keep-alive\n"
 
 JSONL_KEEPALIVE: Final = b'{"type":"keepalive"}\n'
 """Keep-alive for JSON lines."""
+
+
+def check_sse_id(value: str, what: str = "id") -> str:
+    """Refuse a value that would break out of an SSE ``id:`` line, as ``fastapi.sse`` does.
+
+    Args:
+        value: the id, or a part of it (a run id).
+        what: its name in the error message. Default ``"id"``.
+
+    Returns:
+        ``value``, unchanged.
+
+    Raises:
+        ValueError: it holds a CR, an LF or a NUL.
+    """
+    if "\0" in value:
+        raise ValueError(f"SSE {what!r} must not contain null characters")
+    return check_event_name(value, what)
+
+
+def check_event_name(value: str, what: str = "event") -> str:
+    """Refuse a value that would break out of an SSE ``event:`` line (a CR or an LF).
+
+    Raises:
+        ValueError: it holds a CR or an LF.
+    """
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"SSE {what!r} must be a single line")
+    return value
 
 
 def sse_block(data: str, event: str, id: str, retry: int | None = None) -> bytes:

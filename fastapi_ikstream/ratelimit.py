@@ -11,8 +11,10 @@ by one factory never share budgets, slowapi issue 173), they hold on routers inc
 any prefix (slowapi issue 281, where middleware limits skipped included routers), and no
 endpoint needs a parameter named ``request``.
 
-A refused request gets a 429 with a JSON body, ``Retry-After`` and ``X-RateLimit-*``
-headers; a storage that cannot be reached gives a 503, never a 500.
+A refused request gets a 429 with a JSON body, ``Retry-After``, ``X-RateLimit-*`` and the
+IETF ``RateLimit``/``RateLimit-Policy`` headers. A storage that cannot be reached gives a
+503 (``fail_open=False``, the default: an ML run costs more than a refused request) or, with
+``fail_open=True``, lets the request through uncounted; never a 500.
 
 Example:
     ```python
@@ -54,6 +56,8 @@ try:
     from limits.storage import storage_from_string
 except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise MissingExtraError("ratelimit", "fastapi_ikstream.ratelimit") from _exc
+
+from ._ratelimit_headers import policy_header, rate_limit_headers
 
 if TYPE_CHECKING:
     from .security import Principal
@@ -107,6 +111,10 @@ class RateLimit:
             `client_address`). Default False.
         strategy: ``"moving-window"`` (default, exact), ``"fixed-window"`` (cheapest,
             allows bursts at window edges) or ``"sliding-window-counter"``.
+        fail_open: when the storage cannot be reached, let requests through uncounted
+            (and log a warning) instead of answering 503. Default False.
+        ietf_headers: add the ``RateLimit`` and ``RateLimit-Policy`` headers of
+            draft-ietf-httpapi-ratelimit-headers beside ``X-RateLimit-*``. Default True.
 
     Raises:
         ValueError: an unparsable ``limits`` string, an unknown storage or strategy, or a
@@ -122,6 +130,8 @@ class RateLimit:
         scope: str | None = None,
         trust_forwarded_for: bool = False,
         strategy: Strategy = "moving-window",
+        fail_open: bool = False,
+        ietf_headers: bool = True,
     ) -> None:
         try:
             items = parse_many(limits)
@@ -133,6 +143,8 @@ class RateLimit:
         self.items: list[RateLimitItem] = sorted(items, key=lambda item: item.get_expiry())
         self.scope = _unique_scope(scope, storage_uri)
         self.trust_forwarded_for = trust_forwarded_for
+        self.fail_open = fail_open
+        self._policy = policy_header(self.items) if ietf_headers else None
         self._storage, self._pool = _limits_storage(storage_uri)
         self._limiter = _STRATEGIES[strategy](self._storage)
 
@@ -152,11 +164,14 @@ class RateLimit:
 
         Returns:
             ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset`` (Unix
-            time in seconds) for the limit closest to running out, to add to the response.
+            time in seconds) for the limit closest to running out, and the IETF
+            ``RateLimit``/``RateLimit-Policy``, to add to the response; none when the
+            storage failed and ``fail_open`` let the request through.
 
         Raises:
             HTTPException: 429 when a limit is exhausted, with ``Retry-After`` (seconds) and
-                the ``X-RateLimit-*`` headers of that limit; 503 when the storage fails.
+                the rate-limit headers of that limit; 503 when the storage fails (unless
+                ``fail_open``).
         """
         key = self.key_for(request, principal)
         try:
@@ -167,10 +182,13 @@ class RateLimit:
                 (await self._limiter.get_window_stats(i, self.scope, key), i) for i in self.items
             ]
         except StorageError as exc:
+            if self.fail_open:
+                logger.warning("rate-limit storage failed, request let through: %r", exc)
+                return {}
             logger.warning("rate-limit storage failed: %r", exc.storage_error)
             raise _unavailable("rate-limit") from None
         (reset, remaining), item = min(stats, key=lambda entry: entry[0].remaining)
-        return _headers(item, max(0, remaining), reset)
+        return rate_limit_headers(item, max(0, remaining), reset, self._policy)
 
     async def _exceeded(self, item: RateLimitItem, key: str) -> HTTPException:
         reset = (await self._limiter.get_window_stats(item, self.scope, key)).reset_time
@@ -183,21 +201,16 @@ class RateLimit:
                 "limit": str(item),
                 "retry_after": retry_after,
             },
-            headers={"Retry-After": str(retry_after), **_headers(item, 0, reset)},
+            headers={
+                "Retry-After": str(retry_after),
+                **rate_limit_headers(item, 0, reset, self._policy),
+            },
         )
 
     async def aclose(self) -> None:
         """Close the storage's connections (Redis); the limit is unusable afterwards."""
         if self._pool is not None:
             await self._pool.disconnect()
-
-
-def _headers(item: RateLimitItem, remaining: int, reset: float) -> dict[str, str]:
-    return {
-        "X-RateLimit-Limit": str(item.amount),
-        "X-RateLimit-Remaining": str(remaining),
-        "X-RateLimit-Reset": str(math.ceil(reset)),
-    }
 
 
 def _unavailable(what: str) -> HTTPException:
@@ -236,6 +249,10 @@ def _limits_storage(uri: str) -> tuple[Storage, Any]:
     return storage, pool
 
 
+async def _uncounted() -> None:
+    """The release of a run let through uncounted while the storage was down."""
+
+
 _ACQUIRE = """
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -261,6 +278,8 @@ class ConcurrencyLimit:
             which is only allowed with ``memory://``.
         lease_seconds: a slot not released after this many seconds is freed. Keep it
             longer than the longest run. Default 3600.0.
+        fail_open: when the storage cannot be reached, let the run start uncounted (and
+            log a warning) instead of answering 503. Default False.
 
     Raises:
         ValueError: ``max_concurrent_runs`` below 1, a non-positive lease, an unknown
@@ -275,6 +294,7 @@ class ConcurrencyLimit:
         storage_uri: str = "memory://",
         scope: str | None = None,
         lease_seconds: float = 3600.0,
+        fail_open: bool = False,
     ) -> None:
         if max_concurrent_runs < 1:
             raise ValueError("max_concurrent_runs must be at least 1")
@@ -287,6 +307,7 @@ class ConcurrencyLimit:
         self.max_concurrent_runs = max_concurrent_runs
         self.scope = _unique_scope(scope, storage_uri)
         self.lease_seconds = lease_seconds
+        self.fail_open = fail_open
         self._slots: dict[str, dict[str, float]] = {}
         self._redis: Any = None
         if scheme in _REDIS_SCHEMES:
@@ -306,7 +327,7 @@ class ConcurrencyLimit:
 
         Raises:
             HTTPException: 429 when ``key`` already holds ``max_concurrent_runs`` slots;
-                503 when the storage fails.
+                503 when the storage fails (unless ``fail_open``).
         """
         token = uuid.uuid4().hex
         name = f"ikstream:runs:{self.scope}:{key}"
@@ -322,6 +343,8 @@ class ConcurrencyLimit:
                 )
             except Exception as exc:
                 logger.warning("concurrency storage failed: %r", exc)
+                if self.fail_open:
+                    return _uncounted
                 raise _unavailable("concurrency-limit") from None
         if not taken:
             n = self.max_concurrent_runs

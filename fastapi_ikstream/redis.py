@@ -45,6 +45,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ._cursor import MAX_SEQ
 from ._exceptions import MissingExtraError, QuotaExceededError, RunNotFoundError, StoreError
 from ._models import EventType, RunError, RunState, RunStatus
 from ._store import CancelHandler, RunInfo, RunStore, StoredEvent, Subscription, reset_event
@@ -56,6 +57,8 @@ try:
     from redis.exceptions import NoScriptError, RedisError
 except ImportError as exc:
     raise MissingExtraError("redis", "fastapi_ikstream.redis") from exc
+
+from ._redis_faults import UNAVAILABLE_AFTER, is_permanent, refused, translated, unavailable
 
 __all__ = ["ORPHANED_MESSAGE", "RedisRunStore", "RedisRunSubscription"]
 
@@ -493,7 +496,7 @@ class RedisRunStore(RunStore):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
                 await pubsub_client.aclose()
                 await client.aclose()
-                raise StoreError(f"the Redis run store is unreachable: {exc}") from exc
+                raise unavailable(exc, "connecting") from None
             self._pubsub_client = pubsub_client
             self._pubsub = pubsub
             self._wake_writer = asyncio.Event()
@@ -574,6 +577,7 @@ class RedisRunStore(RunStore):
 
     # -- runs ------------------------------------------------------------------------------
 
+    @translated("creating a run")
     async def create_run(
         self,
         run_id: str,
@@ -590,7 +594,8 @@ class RedisRunStore(RunStore):
 
         Raises:
             QuotaExceededError: ``quota_key`` has ``max_active`` unfinished runs.
-            StoreError: the run exists already, or Redis cannot be reached.
+            StoreError: the run exists already.
+            StoreUnavailableError: Redis cannot be reached.
         """
         await self._ensure_started()
         if run_id in self._local:
@@ -604,13 +609,9 @@ class RedisRunStore(RunStore):
             f"{self.prefix}meta:",
             self.max_bytes_per_run or 0,
         ]
-        try:
-            created = await self._eval(
-                "create", self._keys(run_id), [*args, self._lease_ms, self._live_ms, *extra]
-            )
-        except (RedisError, OSError) as exc:
-            logger.warning("run store: creating a run in Redis failed: %r", exc)
-            raise StoreError("the run store is unavailable") from exc
+        created = await self._eval(
+            "create", self._keys(run_id), [*args, self._lease_ms, self._live_ms, *extra]
+        )
         if created == -1:
             raise QuotaExceededError(max_active or 0)
         if not created:
@@ -658,6 +659,7 @@ class RedisRunStore(RunStore):
             run.waiters.append(fut)
             await fut
 
+    @translated("reading a run")
     async def get_info(self, run_id: str) -> RunInfo | None:
         """See `RunStore.get_info`."""
         await self._ensure_started()
@@ -687,6 +689,7 @@ class RedisRunStore(RunStore):
         self._subscriptions.add(subscription)
         return subscription
 
+    @translated("cancelling a run")
     async def request_cancel(self, run_id: str, reason: str) -> bool:
         """Set the run's durable cancel flag and notify every worker (see `RunStore`)."""
         await self._ensure_started()
@@ -698,6 +701,7 @@ class RedisRunStore(RunStore):
             self._dispatch_cancel(run_id, reason)
         return bool(accepted)
 
+    @translated("counting readers")
     async def add_watcher(self, run_id: str, delta: int) -> int:
         """Count a reader in (+1) or out (-1); returns the readers open on all live workers.
 
@@ -710,6 +714,7 @@ class RedisRunStore(RunStore):
         total = await self._eval("watch", [self._keys(run_id)[1]], args)
         return int(total)
 
+    @translated("sweeping")
     async def sweep(self) -> int:
         """End the runs whose owner's lease lapsed as ``orphaned`` (also done periodically).
 
@@ -1036,6 +1041,7 @@ class _SharedReader:
                     self.in_flight = False
             except Exception as exc:
                 logger.warning("run store: the shared Redis reader failed (%s); reconnecting", exc)
+                self._fail_readers(drop=is_permanent(exc))
                 await self._disconnect()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -1046,6 +1052,15 @@ class _SharedReader:
                     self._dispatch(reply)
                 except Exception:
                     logger.exception("run store: could not read events from Redis")
+
+    def _fail_readers(self, *, drop: bool) -> None:
+        """Make every reader check Redis on its own (and leave, on a permanent error)."""
+        for subs in list(self.subs.values()):
+            for sub in list(subs):
+                if drop:
+                    self.unregister(sub)
+                sub.need_range = True
+                sub.wake(True)
 
     def _dispatch(self, reply: Any) -> None:
         items = reply.items() if isinstance(reply, dict) else reply
@@ -1099,6 +1114,7 @@ class RedisRunSubscription(Subscription):
     __slots__ = (
         "_closed",
         "_ended",
+        "_failing_since",
         "_queue",
         "_store",
         "_waiter",
@@ -1111,13 +1127,14 @@ class RedisRunSubscription(Subscription):
     def __init__(self, store: RedisRunStore, run_id: str, after_seq: int) -> None:
         self._store = store
         self.run_id = run_id
-        self.cursor = max(0, after_seq)
+        self.cursor = min(max(0, after_seq), MAX_SEQ)
         self._queue: deque[StoredEvent] = deque()
         self.need_range = True
         self.registered = False
         self._ended = False
         self._closed = False
         self._waiter: asyncio.Future[bool] | None = None
+        self._failing_since: float | None = None
 
     def push(self, events: list[StoredEvent]) -> None:
         """Take events from the shared reader (drops them all and reads alone on overflow)."""
@@ -1251,6 +1268,7 @@ class RedisRunSubscription(Subscription):
                 if batch is None:
                     break
                 if batch:
+                    self._failing_since = None
                     if batch[-1].type == EventType.DONE.value:
                         self._end()
                     return batch
@@ -1262,15 +1280,25 @@ class RedisRunSubscription(Subscription):
                 if self._closed or not store._started:
                     break
                 found = await self._check()
+                self._failing_since = None
                 if found is None:
                     break
                 if found:
                     continue
             except (RedisError, OSError) as exc:
-                logger.warning("run %s: reading it from Redis failed: %s", self.run_id, exc)
+                if is_permanent(exc):
+                    self._end()
+                    raise refused(exc, f"reading run {self.run_id}") from None
+                now = loop.time()
+                if self._failing_since is None:
+                    self._failing_since = now
+                if now - self._failing_since >= UNAVAILABLE_AFTER:
+                    self._end()
+                    raise unavailable(exc, f"reading run {self.run_id}") from None
+                logger.info("run %s: reading it from Redis failed: %s", self.run_id, exc)
                 pause = backoff if deadline is None else min(backoff, deadline - loop.time())
                 await asyncio.sleep(max(0.0, pause))
-                backoff = min(backoff * 2, 2.0)
+                backoff = min(backoff * 2, 0.5)
             if deadline is not None and loop.time() >= deadline:
                 return []
         self._end()

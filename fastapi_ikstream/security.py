@@ -42,6 +42,7 @@ from fastapi.security.base import SecurityBase
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._exceptions import MissingExtraError
+from ._jwt_claims import header_problem, time_claims_problem
 
 try:
     from jose import jwk, jwt
@@ -102,7 +103,9 @@ class JWTBearer(SecurityBase):
 
     Exactly one key source is given: ``secret`` (HMAC), ``public_key`` (PEM) or
     ``jwks_url``. The token must be signed with one of ``algorithms``, carry an ``exp``
-    and a ``sub``, and hold every scope of ``scopes``.
+    and a ``sub``, and hold every scope of ``scopes``. ``exp``, ``nbf`` and ``iat`` must be
+    JSON numbers (RFC 7519 NumericDate) between 0 and the year 9999, ``iat`` not in the
+    future, and the header must not list ``crit`` parameters (none is supported).
 
     The token is read from ``Authorization: Bearer <token>``. A browser ``EventSource``
     cannot set headers, so two opt-in sources exist for it, each with a cost:
@@ -124,7 +127,9 @@ class JWTBearer(SecurityBase):
             unknown ``kid``. Default None.
         audience: required ``aud`` value; None accepts only tokens without ``aud``.
         issuer: required ``iss`` value; None skips the check. Default None.
-        leeway: seconds of clock skew allowed on ``exp``, ``nbf`` and ``iat``. Default 0.
+        leeway: seconds of clock skew allowed: a token is accepted up to ``leeway`` seconds
+            after its ``exp``, and up to ``leeway`` seconds before its ``nbf`` or ``iat``.
+            Default 0.
         scopes: scopes the token must hold, from ``scope`` (space-separated) or ``scp``
             (list or space-separated); a missing one gives 403. Default none.
         query_param: name of a query parameter the token may come in; None disables it.
@@ -260,6 +265,8 @@ class JWTBearer(SecurityBase):
             kid = header.get("kid")
             if kid is not None and not isinstance(kid, str):
                 raise _TokenRejected("The token's key id (kid) is invalid.")
+            if (problem := header_problem(header)) is not None:
+                raise _TokenRejected(problem)
             if self._static_keys:
                 keys: list[Any] = [self._static_keys[alg]]
             else:
@@ -272,6 +279,9 @@ class JWTBearer(SecurityBase):
             raise _TokenRejected("The token is invalid.") from None
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
             raise _TokenRejected("The token has no subject (sub).")
+        problem = time_claims_problem(claims, leeway=self.leeway, now=time.time())
+        if problem is not None:
+            raise _TokenRejected(problem)
         return claims
 
     def _refuse(
