@@ -24,16 +24,22 @@ Endpoints:
 - ``GET /``: the page; ``GET /static/...``: its script and style sheet.
 - ``POST /api/login`` with ``{"name": "..."}``: a demo login. It answers a short-lived
   HS256 JWT (``access_token``), signed with a secret made at random when the app is
-  created, so tokens do not survive a restart. Limited per client address. A real app
-  would authenticate its users here.
+  created, so tokens do not survive a restart, and sets the same token as an ``HttpOnly``,
+  ``SameSite=Strict`` cookie (``ikstream_token``, path ``/api``) so that a page's
+  ``EventSource`` (which cannot send headers) is authenticated too. Limited per client
+  address. A real app would authenticate its users here. ``POST /api/logout`` clears the
+  cookie.
+- ``GET /docs`` and ``GET /redoc``: Swagger UI and ReDoc, served from the assets that the
+  ``fastapi-offline`` package ships, so they work without internet access.
 - ``GET /api/config``: what the page shows about the deployment and the limits.
 - ``GET /api/samples``: the sample photographs; ``GET /api/samples/{name}``: one of them
   (``?thumb=true`` for a small JPEG).
 - ``/api/detect/...``: the package router (see `fastapi_ikstream.create_router`): ``POST
   /api/detect/stream`` runs and streams, ``DELETE /api/detect/runs/{id}`` cancels,
-  ``GET /api/detect/ikstream.js`` is the browser module. A bearer token from the login is
-  required (`fastapi_ikstream.security.JWTBearer`); each user may start ``rate_limit``
-  runs (default ``"30/minute"``) with at most ``max_concurrent_runs`` (default 2) at once.
+  ``GET /api/detect/ikstream.js`` is the browser module. The token from the login is
+  required, as ``Authorization: Bearer …`` or as the login's cookie
+  (`fastapi_ikstream.security.JWTBearer`); each user may start ``rate_limit`` runs
+  (default ``"30/minute"``) with at most ``max_concurrent_runs`` (default 2) at once.
 """
 
 import asyncio
@@ -52,6 +58,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
 from example_app.workflow import SAMPLES, FaceCannyWorkflow
@@ -59,9 +66,11 @@ from fastapi_ikstream import create_router, validation_exception_handler
 from fastapi_ikstream.ratelimit import RateLimit
 from fastapi_ikstream.security import JWTBearer, create_access_token
 
-__all__ = ["API_PATH", "ObservedDeployment", "app", "create_app"]
+__all__ = ["API_PATH", "COOKIE_NAME", "ObservedDeployment", "app", "create_app"]
 
 API_PATH = "/api/detect"
+COOKIE_NAME = "ikstream_token"
+"""The login's cookie: the token again, for ``EventSource`` requests (``HttpOnly``)."""
 AUDIENCE = "fastapi-ikstream-example"
 ISSUER = "fastapi-ikstream-example"
 STATIC = Path(__file__).parent / "static"
@@ -193,6 +202,7 @@ def create_app(
     login_rate_limit: str = "30/minute",
     token_ttl: int = 900,
     keep_alive: float = 10.0,
+    secure_cookie: bool = False,
 ) -> FastAPI:
     """Build the example app.
 
@@ -208,6 +218,8 @@ def create_app(
         login_rate_limit: demo logins per client address. Default ``"30/minute"``.
         token_ttl: lifetime of a demo token, in seconds. Default 900.
         keep_alive: seconds of silence before the stream sends a keep-alive. Default 10.0.
+        secure_cookie: mark the login's cookie ``Secure`` (sent over HTTPS only), for an
+            app served over HTTPS. Default False, so that it works on http://127.0.0.1.
 
     Returns:
         The FastAPI app. ``app.state`` holds ``deployment``, ``router`` and ``mode``
@@ -218,7 +230,13 @@ def create_app(
     else:
         observed, mode = ObservedDeployment(deployment), "custom"
     secret = secrets.token_urlsafe(48)
-    auth = JWTBearer(secret=secret, algorithms=["HS256"], audience=AUDIENCE, issuer=ISSUER)
+    auth = JWTBearer(
+        secret=secret,
+        algorithms=["HS256"],
+        audience=AUDIENCE,
+        issuer=ISSUER,
+        cookie_name=COOKIE_NAME,
+    )
     login_limit = RateLimit(login_rate_limit)
     router = create_router(
         observed,
@@ -239,7 +257,7 @@ def create_app(
             await observed.aclose()
             await login_limit.aclose()
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="fastapi-ikstream example",
         summary="Face, cat and edge detection on photographs, streamed as Server-Sent Events.",
         lifespan=lifespan,
@@ -260,8 +278,12 @@ def create_app(
         await login_limit.hit(request)
 
     @app.post("/api/login", dependencies=[Depends(limit_logins)], tags=["demo"])
-    async def login(body: Login | None = None) -> Token:
-        """A demo login: any name gets a short-lived token (a real app checks credentials)."""
+    async def login(response: Response, body: Login | None = None) -> Token:
+        """A demo login: any name gets a short-lived token (a real app checks credentials).
+
+        The token is in the body (for ``Authorization: Bearer``) and in an ``HttpOnly``,
+        ``SameSite=Strict`` cookie (for ``EventSource``, which cannot send headers).
+        """
         name = (body or Login()).name.strip() or "guest"
         subject = f"demo:{name}:{secrets.token_hex(4)}"
         token = create_access_token(
@@ -269,7 +291,23 @@ def create_app(
             secret_or_key=secret,
             expires_in=token_ttl,
         )
+        response.set_cookie(
+            COOKIE_NAME,
+            token,
+            max_age=token_ttl,
+            path="/api",
+            httponly=True,
+            samesite="strict",
+            secure=secure_cookie,
+        )
         return Token(access_token=token, expires_in=token_ttl, subject=subject)
+
+    @app.post("/api/logout", status_code=204, tags=["demo"])
+    async def logout(response: Response) -> None:
+        """Clear the login's cookie."""
+        response.delete_cookie(
+            COOKIE_NAME, path="/api", httponly=True, samesite="strict", secure=secure_cookie
+        )
 
     @app.get("/api/config", tags=["demo"])
     async def config() -> dict[str, Any]:

@@ -7,7 +7,7 @@ import binascii
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 __all__ = ["RunQuery", "RunRequest", "decode_image_input"]
 
@@ -28,6 +28,17 @@ ImageString = Annotated[
         description="An image as base64, a data: URL with base64, or a storage URL.",
     ),
 ]
+_IMAGE_VALUE = re.compile(rf"^(?:{_DATA_PREFIX})?{_B64_BODY}$")
+
+
+def _check_image_object(value: dict[str, Any]) -> dict[str, Any]:
+    """An ``{"image": ...}`` object holds base64 (or a data: URL), never a path."""
+    image = value.get("image")
+    if "image" in value and not (isinstance(image, str) and _IMAGE_VALUE.match(image)):
+        raise ValueError("an 'image' value is base64 or a data: URL with base64")
+    return value
+
+
 InputObject = Annotated[
     dict[str, Any],
     Field(
@@ -35,6 +46,7 @@ InputObject = Annotated[
         max_length=1,
         description="A raw SCALE input object with one key, e.g. {'image': '<base64>'}.",
     ),
+    AfterValidator(_check_image_object),
 ]
 InputItem = ImageString | InputObject
 

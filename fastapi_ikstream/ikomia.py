@@ -12,7 +12,7 @@ public message and one of these codes:
 | no connection (refused, DNS, connect timeout)      | ``upstream_unreachable`` | yes       |
 | read or write timeout; gave up polling for results | ``upstream_timeout``     | yes       |
 | unknown task or parameter name for this workflow   | ``invalid_request``      | no        |
-| an input that is not base64, a data URL or a URL   | ``invalid_input``        | no        |
+| an input not base64, a data URL or an allowed URL  | ``invalid_input``        | no        |
 | an answer the client could not read                | ``upstream_error``       | yes       |
 
 Messages never carry the API token, the exchanged JWT, or a stack trace; details go to the
@@ -30,7 +30,7 @@ import base64
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -53,30 +53,50 @@ try:
 except ImportError as exc:
     raise MissingExtraError("ikomia", "fastapi_ikstream.ikomia") from exc
 
-__all__ = ["IkomiaDeployment", "to_results", "to_scale_input"]
+__all__ = ["STORAGE_URL_PREFIXES", "IkomiaDeployment", "to_results", "to_scale_input"]
 
 logger = logging.getLogger("fastapi_ikstream")
 
 _URL_PREFIXES = ("http://", "https://", "s3://", "gs://")
+STORAGE_URL_PREFIXES: tuple[str, ...] = _URL_PREFIXES
+"""The storage URLs `to_scale_input` lets through by default: any ``http(s)``, S3 or GCS URL."""
 _REFRESH_MARGIN_S = 120.0
 _MAX_MESSAGE = 500
 
 
-def to_scale_input(item: str | Mapping[str, Any], data_type: str = "image") -> dict[str, Any]:
-    """Turn one request input into a SCALE input object.
+def to_scale_input(
+    item: str | Mapping[str, Any],
+    data_type: str = "image",
+    *,
+    allowed_urls: Sequence[str] = STORAGE_URL_PREFIXES,
+) -> dict[str, Any]:
+    """Turn one request input into a SCALE input object, by explicit decoding only.
+
+    A string is never passed on as it is: ``ikomia-client`` reads a plain string as a path
+    on this server. It becomes an image only when it is base64 or a ``data:`` URL (decoded
+    here) or a storage URL that starts with one of ``allowed_urls`` (fetched by the
+    deployment, never by this server). ``/etc/passwd``, ``photo.png`` or ``file://…`` are
+    refused.
 
     Args:
         item: raw base64 or a ``data:`` URL (→ ``{"image": "<base64>"}``), a storage URL
-            (``http(s)://``, ``s3://``, ``gs://`` → ``{"storage_object": {"url", "data_type"}}``,
-            fetched by the deployment, never by this server), or a single-key SCALE object
-            such as ``{"image": "..."}`` (kept; an ``image`` value is normalized to raw base64).
+            (→ ``{"storage_object": {"url", "data_type"}}``), or a single-key SCALE object
+            such as ``{"image": "..."}`` (kept; an ``image`` value is decoded the same way).
         data_type: the ``data_type`` of a storage object. Default ``"image"``.
+        allowed_urls: the prefixes a storage URL may start with, e.g.
+            ``("https://storage.example.com/",)``; empty refuses every URL. Default
+            ``STORAGE_URL_PREFIXES`` (``http://``, ``https://``, ``s3://``, ``gs://``).
 
     Returns:
         A single-key dict, as ``ikomia-client`` sends it.
 
     Raises:
         DeploymentError: code ``invalid_input``, the input is none of these.
+
+    Example::
+
+        to_scale_input("data:image/png;base64,iVBORw0KGgo=")  # {"image": "iVBORw0KGgo="}
+        to_scale_input("/etc/passwd")  # raises DeploymentError (invalid_input)
     """
     if isinstance(item, Mapping):
         if len(item) != 1:
@@ -87,7 +107,13 @@ def to_scale_input(item: str | Mapping[str, Any], data_type: str = "image") -> d
         if not isinstance(value, str):
             raise DeploymentError("An 'image' input holds base64 text.", code="invalid_input")
         item = value
+    if not isinstance(item, str):
+        raise DeploymentError(
+            "An input is a string or an object with one key.", code="invalid_input"
+        )
     if item.startswith(_URL_PREFIXES):
+        if not item.startswith(tuple(allowed_urls)):
+            raise DeploymentError("This storage URL is not allowed.", code="invalid_input")
         return {"storage_object": {"url": item, "data_type": data_type}}
     try:
         data = decode_image_input(item)
@@ -215,6 +241,9 @@ class IkomiaDeployment:
         client: an ``AsyncClient`` to use instead of making one (then ``url`` only names
             the deployment in logs, and `aclose` leaves the client open). Default None.
         name: a name for logs and documentation. Default ``"ikomia"``.
+        allowed_urls: the prefixes a storage URL input may start with (see
+            `to_scale_input`); ``()`` accepts only base64 and ``data:`` URLs. Default
+            ``STORAGE_URL_PREFIXES``.
 
     Raises:
         ValueError: no ``client``, no ``token`` and no ``IKOMIA_TOKEN`` in the environment.
@@ -228,8 +257,10 @@ class IkomiaDeployment:
         task_name: str | None = None,
         client: AsyncClient | None = None,
         name: str = "ikomia",
+        allowed_urls: Sequence[str] = STORAGE_URL_PREFIXES,
     ) -> None:
         self.url = url
+        self.allowed_urls = tuple(allowed_urls)
         self.task_name = task_name
         self.name = name
         self._token = token if token is not None else os.environ.get("IKOMIA_TOKEN")
@@ -294,7 +325,7 @@ class IkomiaDeployment:
         task_name: str | None,
         on_progress: OnProgress,
     ) -> Results:
-        raw_inputs = [to_scale_input(item) for item in items]
+        raw_inputs = [to_scale_input(item, allowed_urls=self.allowed_urls) for item in items]
         client, lock = self._client_for_loop()
         try:
             await self._ensure_jwt(client, lock)

@@ -7,11 +7,16 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 
-# Debian packages: Chromium for the browser tests, redis-server for the Redis store tests.
-if ! command -v chromium >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1; then
+# Debian packages: Chromium for the browser tests, redis-server for the Redis store tests,
+# Node.js and npm for the npm clients and the front-end recipes, curl for the README's steps.
+missing=()
+for pair in chromium:chromium redis-server:redis-server node:nodejs npm:npm curl:curl; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-    chromium redis-server >/dev/null
+    "${missing[@]}" >/dev/null
 fi
 
 # Python packages, in a virtual environment of the project's own.
@@ -21,6 +26,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,docs]"
+
+# npm packages, at the versions of the lock files: the SSE clients (tests/node) and esbuild
+# with React, Vue and Svelte for the front-end recipes (tests/frontend).
+for dir in tests/node tests/frontend; do
+  if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules" ]; then
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+done
 
 echo "== ruff check";          .venv/bin/ruff check fastapi_ikstream example_app bench tests
 echo "== ruff format --check"; .venv/bin/ruff format --check fastapi_ikstream example_app bench tests

@@ -175,24 +175,33 @@ async def test_exactly_once_across_random_resubscribes(make_store: StoreFactory)
     store = make_store(max_watcher_queue=8)
     rng = random.Random(7)
     total = 400
+    # The reader drops its connection right after each of these seqs and resubscribes from
+    # its cursor while the writer goes on: the number of reconnects is fixed by the test,
+    # not by how the event loop happens to schedule the two tasks.
+    cuts = sorted(rng.sample(range(1, total), 12))
+    dropped = {cut: asyncio.Event() for cut in cuts}
     async with asyncio.timeout(20):
         await store.create_run("rnd", principal=None)
 
         async def produce() -> None:
             for seq in range(1, total + 1):
                 append_run(store, "rnd", seq, seq)
-                if seq % rng.randint(1, 20) == 0:
+                if seq in dropped:
+                    await dropped[seq].wait()
+                elif seq % rng.randint(1, 20) == 0:
                     await asyncio.sleep(0.001)
             store.append(state("rnd", total + 1, EventType.DONE, status=RunStatus.COMPLETED))
 
         producer = asyncio.create_task(produce())
         seen: list[int] = []
         cursor = 0
-        reconnects = 0
+        subscriptions = 0
+        pending = list(cuts)
         ended = False
         while not ended:
             sub = store.subscribe("rnd", cursor)
-            for _ in range(rng.randint(1, 6)):
+            subscriptions += 1
+            while True:
                 batch = await sub.next_batch(2.0)
                 if batch is None:
                     ended = True
@@ -200,11 +209,14 @@ async def test_exactly_once_across_random_resubscribes(make_store: StoreFactory)
                 seen.extend(e.seq for e in batch)
                 if batch:
                     cursor = batch[-1].seq
-            await sub.aclose()  # a dropped connection: the next one resumes from the cursor
-            reconnects += 1
+                if pending and cursor >= pending[0]:
+                    dropped[pending.pop(0)].set()  # the writer resumes while this one drops
+                    break
+            await sub.aclose()
         await producer
         assert seen == list(range(1, total + 2))
-        assert reconnects > 5
+        assert subscriptions == len(cuts) + 1
+        assert not pending
 
 
 async def test_two_workers_share_a_run_and_cancel_across_them(make_store: StoreFactory) -> None:

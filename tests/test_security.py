@@ -152,74 +152,107 @@ def rs256(key: KeyPair, claims: dict[str, Any], kid: str = "k1") -> str:
 # --- the hostile-input table ------------------------------------------------------------
 
 
-def _hostile_rows(rsa_key: KeyPair, other: KeyPair) -> dict[str, tuple[str | None, int]]:
-    """Row id -> (Authorization header value or None, expected status)."""
-    sign = rsa_signer(rsa_key)
+def _tampered(rsa_key: KeyPair) -> str:
+    """A valid token whose payload was swapped for another after signing."""
     valid = create_access_token(
         good_claims(), secret_or_key=rsa_key.private_pem, algorithm="RS256", headers={"kid": "k1"}
     )
     head, _, sig = valid.split(".")
-    tampered = f"{head}.{b64(json.dumps(good_claims(sub='admin')).encode())}.{sig}"
-    now = int(time.time())
+    return f"{head}.{b64(json.dumps(good_claims(sub='admin')).encode())}.{sig}"
+
+
+Header = Callable[[], str | None]
+
+
+def _hostile_rows(rsa_key: KeyPair, other: KeyPair) -> dict[str, tuple[Header, int]]:
+    """Row id -> (a function making the Authorization header value or None, expected status).
+
+    The headers are made when a test runs, never at import: a token minted at collection
+    would expire (``exp`` is 300 s ahead) before a slow run reaches its test.
+    """
+    sign = rsa_signer(rsa_key)
+
+    def now() -> int:
+        return int(time.time())
+
     return {
-        "no header": (None, 401),
-        "empty bearer": ("Bearer ", 401),
-        "garbage": ("Bearer not-a-jwt", 401),
-        "garbage three parts": ("Bearer aaa.bbb.ccc", 401),
-        "wrong signature": (f"Bearer {rs256(other, good_claims())}", 401),
-        "tampered payload": (f"Bearer {tampered}", 401),
-        "expired": (f"Bearer {rs256(rsa_key, good_claims(exp=now - 60))}", 401),
-        "nbf in the future": (f"Bearer {rs256(rsa_key, good_claims(nbf=now + 3600))}", 401),
-        "wrong aud": (f"Bearer {rs256(rsa_key, good_claims(aud='other-api'))}", 401),
+        "no header": (lambda: None, 401),
+        "empty bearer": (lambda: "Bearer ", 401),
+        "garbage": (lambda: "Bearer not-a-jwt", 401),
+        "garbage three parts": (lambda: "Bearer aaa.bbb.ccc", 401),
+        "wrong signature": (lambda: f"Bearer {rs256(other, good_claims())}", 401),
+        "tampered payload": (lambda: f"Bearer {_tampered(rsa_key)}", 401),
+        "expired": (lambda: f"Bearer {rs256(rsa_key, good_claims(exp=now() - 60))}", 401),
+        "nbf in the future": (
+            lambda: f"Bearer {rs256(rsa_key, good_claims(nbf=now() + 3600))}",
+            401,
+        ),
+        "wrong aud": (lambda: f"Bearer {rs256(rsa_key, good_claims(aud='other-api'))}", 401),
         "no aud": (
-            f"Bearer {rs256(rsa_key, {k: v for k, v in good_claims().items() if k != 'aud'})}",
-            401,
-        ),
-        "wrong iss": (f"Bearer {rs256(rsa_key, good_claims(iss='https://evil.test/'))}", 401),
-        "no exp": (
-            f"Bearer {raw_token({'alg': 'RS256', 'kid': 'k1'}, {'sub': 'x'}, sign)}",
-            401,
-        ),
-        "alg none": (
-            f"Bearer {raw_token({'alg': 'none', 'typ': 'JWT'}, good_claims(), lambda _: b'')}",
-            401,
-        ),
-        "alg None spelled oddly": (
-            f"Bearer {raw_token({'alg': 'nOnE', 'kid': 'k1'}, good_claims(), sign)}",
-            401,
-        ),
-        "HS256 signed with the RSA public key": (
-            "Bearer "
-            + raw_token(
-                {"alg": "HS256", "typ": "JWT", "kid": "k1"},
-                good_claims(),
-                lambda data: hmac.new(rsa_key.public_pem.encode(), data, hashlib.sha256).digest(),
+            lambda: (
+                f"Bearer {rs256(rsa_key, {k: v for k, v in good_claims().items() if k != 'aud'})}"
             ),
             401,
         ),
-        "unknown kid": (f"Bearer {rs256(other, good_claims(), kid='unknown')}", 401),
+        "wrong iss": (
+            lambda: f"Bearer {rs256(rsa_key, good_claims(iss='https://evil.test/'))}",
+            401,
+        ),
+        "no exp": (
+            lambda: f"Bearer {raw_token({'alg': 'RS256', 'kid': 'k1'}, {'sub': 'x'}, sign)}",
+            401,
+        ),
+        "alg none": (
+            lambda: (
+                f"Bearer {raw_token({'alg': 'none', 'typ': 'JWT'}, good_claims(), lambda _: b'')}"
+            ),
+            401,
+        ),
+        "alg None spelled oddly": (
+            lambda: f"Bearer {raw_token({'alg': 'nOnE', 'kid': 'k1'}, good_claims(), sign)}",
+            401,
+        ),
+        "HS256 signed with the RSA public key": (
+            lambda: (
+                "Bearer "
+                + raw_token(
+                    {"alg": "HS256", "typ": "JWT", "kid": "k1"},
+                    good_claims(),
+                    lambda data: hmac.new(
+                        rsa_key.public_pem.encode(), data, hashlib.sha256
+                    ).digest(),
+                )
+            ),
+            401,
+        ),
+        "unknown kid": (lambda: f"Bearer {rs256(other, good_claims(), kid='unknown')}", 401),
         "kid not a string": (
-            f"Bearer {raw_token({'alg': 'RS256', 'kid': 7}, good_claims(), sign)}",
+            lambda: f"Bearer {raw_token({'alg': 'RS256', 'kid': 7}, good_claims(), sign)}",
             401,
         ),
         "header not an object": (
-            f"Bearer {b64(b'[1]')}.{b64(json.dumps(good_claims()).encode())}.{b64(b'x')}",
+            lambda: f"Bearer {b64(b'[1]')}.{b64(json.dumps(good_claims()).encode())}.{b64(b'x')}",
             401,
         ),
-        "oversized token": (f"Bearer {rs256(rsa_key, good_claims(pad='x' * 9000))}", 401),
+        "oversized token": (lambda: f"Bearer {rs256(rsa_key, good_claims(pad='x' * 9000))}", 401),
         "claims not an object": (
-            f"Bearer {raw_token({'alg': 'RS256', 'kid': 'k1'}, [1, 2], sign)}",
+            lambda: f"Bearer {raw_token({'alg': 'RS256', 'kid': 'k1'}, [1, 2], sign)}",
             401,
         ),
-        "sub not a string": (f"Bearer {rs256(rsa_key, good_claims(sub=42))}", 401),
-        "aud list of numbers": (f"Bearer {rs256(rsa_key, good_claims(aud=[1, 2]))}", 401),
+        "sub not a string": (lambda: f"Bearer {rs256(rsa_key, good_claims(sub=42))}", 401),
+        "aud list of numbers": (lambda: f"Bearer {rs256(rsa_key, good_claims(aud=[1, 2]))}", 401),
         "no sub": (
-            f"Bearer {rs256(rsa_key, {k: v for k, v in good_claims().items() if k != 'sub'})}",
+            lambda: (
+                f"Bearer {rs256(rsa_key, {k: v for k, v in good_claims().items() if k != 'sub'})}"
+            ),
             401,
         ),
-        "exp not a number": (f"Bearer {rs256(rsa_key, good_claims(exp='tomorrow'))}", 401),
-        "wrong scheme (Basic)": ("Basic YWxpY2U6c2VjcmV0", 401),
-        "missing scope": (f"Bearer {rs256(rsa_key, good_claims(scope='images:read'))}", 403),
+        "exp not a number": (lambda: f"Bearer {rs256(rsa_key, good_claims(exp='tomorrow'))}", 401),
+        "wrong scheme (Basic)": (lambda: "Basic YWxpY2U6c2VjcmV0", 401),
+        "missing scope": (
+            lambda: f"Bearer {rs256(rsa_key, good_claims(scope='images:read'))}",
+            403,
+        ),
     }
 
 
@@ -227,10 +260,11 @@ HOSTILE = _hostile_rows(RSA_KEY, OTHER_RSA_KEY)
 
 
 @pytest.mark.parametrize("mode", ["jwks", "pem"])
-@pytest.mark.parametrize(("authorization", "expected"), HOSTILE.values(), ids=HOSTILE.keys())
+@pytest.mark.parametrize(("make_header", "expected"), HOSTILE.values(), ids=HOSTILE.keys())
 async def test_hostile_input_is_refused_with_json(
-    authorization: str | None, expected: int, mode: str, rsa_key: KeyPair, module_jwks: str
+    make_header: Header, expected: int, mode: str, rsa_key: KeyPair, module_jwks: str
 ) -> None:
+    authorization = make_header()
     source = {"jwks_url": module_jwks} if mode == "jwks" else {"public_key": rsa_key.public_pem}
     auth = JWTBearer(
         algorithms=["RS256"], audience=AUD, issuer=ISS, scopes=["images:generate"], **source

@@ -1,0 +1,4 @@
+import {mount} from "svelte";
+import ImageGenerator from "../build/recipes/ImageGenerator.svelte";
+
+mount(ImageGenerator, {target: document.getElementById("root")});

@@ -1,0 +1,4 @@
+import {createApp} from "vue";
+import ImageGenerator from "../build/recipes/ImageGenerator.vue";
+
+createApp(ImageGenerator).mount("#root");
