@@ -33,6 +33,7 @@ from ._stores import make_store
 __all__ = ["DeploymentProvider", "RunProvider", "StreamRouter", "create_router"]
 
 _STATIC = __file__.rsplit("/", 1)[0] + "/static/ikstream.js"
+_TYPINGS = __file__.rsplit("/", 1)[0] + "/static/ikstream.d.ts"
 
 
 class DeploymentProvider:
@@ -252,6 +253,7 @@ def create_router(
     trust_forwarded_for: bool = False,
     name: str | None = None,
     browser_module: bool = True,
+    named_events: bool = True,
 ) -> StreamRouter:
     """Make an `APIRouter` that runs ``deployment`` and streams its runs.
 
@@ -264,7 +266,7 @@ def create_router(
     - ``POST {path}/runs``: start a run detached from any connection (201).
     - ``GET {path}/runs/{run_id}/events``: stream a run from the start or a cursor.
     - ``GET {path}/runs/{run_id}``: the run's latest state; ``DELETE``: cancel it.
-    - ``GET {path}/ikstream.js``: the browser module.
+    - ``GET {path}/ikstream.js``: the browser module; ``{path}/ikstream.d.ts``: its typings.
 
     Args:
         deployment: a `Deployment`, or a function the `as_deployment` rules accept.
@@ -290,7 +292,10 @@ def create_router(
         max_body_size: bytes a request body may have (413 beyond). Default 10 MiB.
         trust_forwarded_for: key rate limits on ``X-Forwarded-For`` (behind a trusted proxy).
         name: operation id prefix and summary name. Default from ``path``.
-        browser_module: serve ``{path}/ikstream.js``. Default True.
+        browser_module: serve ``{path}/ikstream.js`` and ``{path}/ikstream.d.ts``. Default True.
+        named_events: write each SSE event's ``event:`` line. False sends unnamed events
+            (the kind stays in the JSON ``type``) for ``EventSource.onmessage`` code.
+            Default True.
 
     Returns:
         A `StreamRouter` (an `APIRouter`).
@@ -475,6 +480,7 @@ def create_router(
             headers={**headers, "X-Run-Id": run_id},
             on_close=lambda: manager.reader_left(run_id),
             registry=manager.streams,
+            named_events=named_events,
         )
 
     async def stream_new(
@@ -493,7 +499,7 @@ def create_router(
         await start(run, admitted)
         return await open_stream(run.run_id, 0, media_type, admitted.headers)
 
-    stream_doc = stream_responses()
+    stream_doc = stream_responses(named_events=named_events)
     stream_summary = f"Run {label} and stream its events"
 
     # One endpoint, two routes: POST reads the request model from the body, GET (for
@@ -682,6 +688,14 @@ def create_router(
             return FileResponse(
                 _STATIC,
                 media_type="text/javascript",
+                headers={"Cache-Control": "public, max-age=3600"},
+            )
+
+        @router.get(f"{path}/ikstream.d.ts", response_class=FileResponse, include_in_schema=False)
+        async def browser_typings() -> FileResponse:
+            return FileResponse(
+                _TYPINGS,
+                media_type="application/typescript",
                 headers={"Cache-Control": "public, max-age=3600"},
             )
 

@@ -24,9 +24,19 @@ from ._exceptions import (
     StreamConsumedError,
 )
 from ._log import RunLog
-from ._models import EventType, LogLine, Progress, RunError, RunState, RunStatus, status_from_state
+from ._models import (
+    EventType,
+    LogLine,
+    Progress,
+    RunError,
+    RunState,
+    RunStatus,
+    status_from_state,
+    upstream_id_of,
+)
 from ._response import EventStreamResponse, negotiate_media_type
 from ._store import MemoryRunSubscription
+from ._wire import unnamed_events
 
 __all__ = ["DEFAULT_TIMEOUT", "OnProgress", "RunSource", "StreamingRun", "new_run_id"]
 
@@ -132,8 +142,11 @@ class StreamingRun:
         run_id: the run's id; a new unguessable one by default.
         inputs: the run's inputs, sent on the ``result`` event when ``include_inputs``.
         include_inputs: send ``inputs`` on the ``result`` event. Default False.
-        raise_on_error: `aiter_states` raises `RunFailedError` (or `RunCancelledError`) after
-            yielding the terminal state and ``done``. Default True.
+        raise_on_error: `aiter_states`, `aiter_sse` and `aiter_jsonl` raise `RunFailedError`
+            (or `RunCancelledError`) after yielding the terminal state and ``done``, so a
+            consumer of the bytes sees the failure too. `to_response` is not affected: once
+            the headers are sent, a failure can only travel as the ``failed`` event (which
+            this package's clients raise). Default True.
         keep_alive: seconds of silence before a keep-alive is sent; 0 disables. Default 10.0.
         headers: extra response headers for `to_response`. Default none.
         timeout: seconds the deployment may run; then the run ends ``failed`` with code
@@ -141,6 +154,9 @@ class StreamingRun:
         retry: reconnection delay in milliseconds sent as SSE ``retry:`` on the first event.
             Default 3000.
         max_events: events buffered for a slow reader before it gets a ``reset``. Default 10,000.
+        named_events: write the SSE ``event:`` line. False sends unnamed events (the kind
+            stays in the JSON ``type``), so ``EventSource.onmessage`` gets every event.
+            Default True.
     """
 
     def __init__(
@@ -156,6 +172,7 @@ class StreamingRun:
         timeout: float | None = DEFAULT_TIMEOUT,
         retry: int | None = 3000,
         max_events: int = 10_000,
+        named_events: bool = True,
     ) -> None:
         self.source = source
         self.run_id = run_id or new_run_id()
@@ -167,6 +184,8 @@ class StreamingRun:
         self.timeout = timeout
         self.retry = retry
         self.max_events = max_events
+        self.named_events = named_events
+        self._upstream_id: str | None = None
         self._seq = 0
         self._status = RunStatus.RECEIVED
         self._state: str | None = None
@@ -220,6 +239,8 @@ class StreamingRun:
 
     def _emit(self, type_: EventType, **fields: Any) -> RunState:
         self._seq += 1
+        if self._upstream_id is not None and "status" in fields:
+            fields["upstream_id"] = self._upstream_id
         state = RunState(type=type_, run_id=self.run_id, seq=self._seq, **fields)
         assert self._sink is not None
         self._sink(state)
@@ -240,6 +261,7 @@ class StreamingRun:
             return
         state = update.get("state")
         status = update.get("status")
+        self._upstream_id = upstream_id_of(update) or self._upstream_id
         new_status = RunStatus(status) if status is not None else status_from_state(state)
         if state is not None:
             self._state = str(state)
@@ -379,6 +401,9 @@ class StreamingRun:
         finally:
             if not task.done():
                 task.cancel()
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
         terminal = self._terminal
         if self.raise_on_error and terminal is not None:
             if terminal.type is EventType.FAILED:
@@ -396,7 +421,7 @@ class StreamingRun:
                 if not batch:
                     yield b'{"type":"keepalive"}\n' if jsonl else b": keep-alive\n"
                     continue
-                for event in batch:
+                for event in batch if self.named_events or jsonl else unnamed_events(batch):
                     if jsonl:
                         yield event.jsonl
                     elif first and self.retry is not None:
@@ -407,12 +432,15 @@ class StreamingRun:
         finally:
             if not task.done():
                 task.cancel()
+        self._raise_if_failed()
 
     def aiter_sse(self) -> AsyncIterator[bytes]:
         """Run and yield the stream as SSE bytes: one block per event, keep-alives between.
 
         Raises:
             StreamConsumedError: the run was already read.
+            RunFailedError: after the ``failed`` and ``done`` blocks, when ``raise_on_error``.
+            RunCancelledError: after the ``cancelled`` and ``done`` blocks, likewise.
         """
         return self._aiter_bytes(jsonl=False)
 
@@ -421,6 +449,8 @@ class StreamingRun:
 
         Raises:
             StreamConsumedError: the run was already read.
+            RunFailedError: after the ``failed`` and ``done`` lines, when ``raise_on_error``.
+            RunCancelledError: after the ``cancelled`` and ``done`` lines, likewise.
         """
         return self._aiter_bytes(jsonl=True)
 
@@ -472,4 +502,5 @@ class StreamingRun:
             headers={**self.headers, **(headers or {})},
             on_close=on_close,
             background=background,
+            named_events=self.named_events,
         )

@@ -22,6 +22,9 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,docs]"
 
+# npm packages for the browser and Node tests (exact versions in tests/node/package-lock.json).
+(cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+
 echo "== ruff check";          .venv/bin/ruff check fastapi_ikstream example_app bench tests
 echo "== ruff format --check"; .venv/bin/ruff format --check fastapi_ikstream example_app bench tests
 echo "== mypy --strict";       .venv/bin/mypy
