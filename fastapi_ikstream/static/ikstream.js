@@ -43,7 +43,10 @@ const FIRST_RETRY_DELAY = 1000;
  * @property {number} seq - position of the event in its run: 1, 2, 3 …
  * @property {string} [status] - "queued", "running", "completed", "failed" …
  * @property {string} [state] - the deployment's own state word, e.g. "STARTED".
- * @property {Array<number|null>} [eta] - [min, max] milliseconds to completion.
+ * @property {number} [code] - the status's numeric code (inference.sh's 1 … 12).
+ * @property {Array<number|null>} eta - [min, max] milliseconds to completion; `[null, null]`
+ *   when unknown (the module fills it in when the event has none).
+ * @property {string} [upstream_id] - the deployment's own run id (SCALE's uuid), once known.
  * @property {{current: number, total?: number}} [progress] - work done so far.
  * @property {Array<{ts: number, level: string, message: string}>} [logs] - new log lines.
  * @property {*} [partial_output] - an intermediate output.
@@ -375,6 +378,7 @@ class Tracker {
       );
     }
     if (item.seq <= this.lastSeq) return null;
+    if (!Array.isArray(item.eta)) item.eta = [null, null]; // always there, as in ikclient
     this.lastSeq = item.seq;
     this.lastEventId = eventId || `${item.run_id}:${item.seq}`;
     if (TERMINAL_TYPES.has(item.type)) this.terminal = item;
