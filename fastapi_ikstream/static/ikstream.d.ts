@@ -65,7 +65,8 @@ export interface RunState {
   code?: number;
   /** The deployment's own state word, e.g. "STARTED". */
   state?: string;
-  /** Always there on the states this module hands out (`[null, null]` when unknown). */
+  /** Always there on the states this module hands out: an event without one (`log`,
+   * `done`) gets the last ETA sent, or `[null, null]`. */
   eta: ETA;
   progress?: {current: number; total?: number | null};
   logs?: LogLine[];

@@ -44,8 +44,8 @@ const FIRST_RETRY_DELAY = 1000;
  * @property {string} [status] - "queued", "running", "completed", "failed" …
  * @property {string} [state] - the deployment's own state word, e.g. "STARTED".
  * @property {number} [code] - the status's numeric code (inference.sh's 1 … 12).
- * @property {Array<number|null>} eta - [min, max] milliseconds to completion; `[null, null]`
- *   when unknown (the module fills it in when the event has none).
+ * @property {Array<number|null>} eta - [min, max] milliseconds to completion; on an event
+ *   that has none (a `log`, `done`), the module puts the last ETA sent, or `[null, null]`.
  * @property {string} [upstream_id] - the deployment's own run id (SCALE's uuid), once known.
  * @property {{current: number, total?: number}} [progress] - work done so far.
  * @property {Array<{ts: number, level: string, message: string}>} [logs] - new log lines.
@@ -341,6 +341,7 @@ export class SSEParser {
 class Tracker {
   constructor() {
     this.runId = null;
+    this.eta = [null, null];
     this.lastSeq = 0;
     this.lastEventId = null;
     this.retry = undefined;
@@ -378,7 +379,9 @@ class Tracker {
       );
     }
     if (item.seq <= this.lastSeq) return null;
-    if (!Array.isArray(item.eta)) item.eta = [null, null]; // always there, as in ikclient
+    // Always there, as in ikclient: an event without one keeps the last ETA sent.
+    if (Array.isArray(item.eta)) this.eta = item.eta;
+    else item.eta = this.eta;
     this.lastSeq = item.seq;
     this.lastEventId = eventId || `${item.run_id}:${item.seq}`;
     if (TERMINAL_TYPES.has(item.type)) this.terminal = item;
