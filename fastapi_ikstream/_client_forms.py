@@ -257,13 +257,17 @@ class StateStream:
         Raises:
             RunFailedError: the run ended ``failed``; `RunCancelledError` if cancelled.
             StreamError: as `AsyncRunStream.aiter_states`.
-            StreamConsumedError: a loop left the stream before the run's end.
+            StreamConsumedError: a loop is reading the stream, or left it before the run's
+                end.
         """
         if not self._started:
             async for _ in self:
                 pass
         elif not self._ended:
-            raise StreamConsumedError("a loop is reading the stream: await done() after it")
+            raise StreamConsumedError(
+                "a loop is reading the stream, or left it before the run's end: "
+                "await done() after the loop ends"
+            )
         if self._error is not None:
             raise self._error
         assert self._results is not None
