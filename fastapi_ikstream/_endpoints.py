@@ -59,16 +59,24 @@ class RouterCore:
         admission: the router's limits.
         keep_alive: seconds of silence before a keep-alive; 0 disables.
         retry: SSE ``retry:`` in milliseconds, or None.
+        named_events: write the SSE ``event:`` line (False: unnamed events).
     """
 
     def __init__(
-        self, manager: RunManager, admission: Admission, *, keep_alive: float, retry: int | None
+        self,
+        manager: RunManager,
+        admission: Admission,
+        *,
+        keep_alive: float,
+        retry: int | None,
+        named_events: bool = True,
     ) -> None:
         self.manager = manager
         self.store: RunStore = manager.store
         self.admission = admission
         self.keep_alive = keep_alive
         self.retry = retry
+        self.named_events = named_events
 
     # -- shared steps ----------------------------------------------------------------------
 
@@ -154,6 +162,7 @@ class RouterCore:
             headers={**headers, "X-Run-Id": run_id},
             on_close=on_close,
             registry=self.manager.streams,
+            named_events=self.named_events,
         )
 
     def check_accepting(self) -> None:

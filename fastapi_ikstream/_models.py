@@ -24,10 +24,11 @@ A word not in the table keeps the previous status (the state itself is still sen
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "ETA",
@@ -38,6 +39,7 @@ __all__ = [
     "RunState",
     "RunStatus",
     "status_from_state",
+    "upstream_id_of",
 ]
 
 ETA = tuple[int | None, int | None]
@@ -128,6 +130,21 @@ def status_from_state(state: str | None) -> RunStatus | None:
     return _STATE_TO_STATUS.get(state.upper())
 
 
+def upstream_id_of(update: Mapping[str, Any]) -> str | None:
+    """The deployment's own run id in a progress update.
+
+    It is ``upstream_id``, or else ``ikclient``'s ``uuid`` keyword (SCALE's run uuid).
+
+    Args:
+        update: the keyword arguments (or dict) a run function passed to ``on_progress``.
+
+    Returns:
+        The id as a string, or None when the update carries none (or an empty one).
+    """
+    value = update.get("upstream_id") or update.get("uuid")
+    return str(value) if value else None
+
+
 class EventType(StrEnum):
     """The kind of an event: its SSE ``event:`` name and its JSON ``type``.
 
@@ -187,7 +204,7 @@ class RunState(BaseModel):
 
     Example::
 
-        {"type": "progress", "run_id": "r_8f2c…", "seq": 2, "status": "running",
+        {"type": "progress", "run_id": "r_8f2c…", "seq": 2, "status": "running", "code": 7,
          "state": "STARTED", "eta": [800, 2500], "progress": {"current": 3, "total": 10}}
     """
 
@@ -197,6 +214,10 @@ class RunState(BaseModel):
     run_id: str = Field(description="Unguessable id of the run.")
     seq: int = Field(ge=0, description="Position of the event in its run: 1, 2, 3 …")
     status: RunStatus | None = Field(default=None, description="Canonical lifecycle step.")
+    code: int | None = Field(
+        default=None,
+        description="inference.sh's numeric code of `status` (1 … 8, 10, 11, 12); set with it.",
+    )
     state: str | None = Field(default=None, description="The deployment's own state word.")
     eta: ETA | None = Field(
         default=None, description="[min, max] milliseconds to completion; nulls when unknown."
@@ -215,6 +236,17 @@ class RunState(BaseModel):
     first_seq: int | None = Field(
         default=None, description="On `reset` only: the first seq the store still keeps."
     )
+    upstream_id: str | None = Field(
+        default=None,
+        description="The deployment's own id of the run (Ikomia SCALE's run uuid), once known.",
+    )
+
+    @model_validator(mode="after")
+    def _status_code(self) -> RunState:
+        """Every state that carries a status carries its numeric code as well."""
+        if self.status is not None and self.code is None:
+            self.code = _CODES[self.status]
+        return self
 
     @property
     def event_id(self) -> str:

@@ -62,13 +62,23 @@ start with `reset` when the events asked for are no longer kept. Each SSE event 
 `id: {run_id}:{seq}`, `event: {type}` and one `data:` line holding the run state as JSON.
 Keep-alives are comment lines (`: keep-alive`); in JSON lines, `{"type":"keepalive"}`."""
 
+_UNNAMED_DOC = """
 
-def stream_responses() -> dict[int | str, dict[str, Any]]:
-    """The ``responses`` entry for a stream endpoint: SSE and JSON lines with item schemas."""
+This router sends unnamed events: no `event:` line, so `EventSource.onmessage` receives every
+event; the kind is the JSON `type`."""
+
+
+def stream_responses(*, named_events: bool = True) -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` entry for a stream endpoint: SSE and JSON lines with item schemas.
+
+    Args:
+        named_events: the SSE items have an ``event`` field; False documents unnamed
+            events (no ``event:`` line; the kind is the JSON ``type``). Default True.
+    """
     ref = {"$ref": "#/components/schemas/RunState"}
-    sse_item = {
+    sse_item: dict[str, Any] = {
         "type": "object",
-        "required": ["data", "event", "id"],
+        "required": ["data", "event", "id"] if named_events else ["data", "id"],
         "properties": {
             "data": {
                 "type": "string",
@@ -80,9 +90,11 @@ def stream_responses() -> dict[int | str, dict[str, Any]]:
             "retry": {"type": "integer", "minimum": 0},
         },
     }
+    if not named_events:
+        del sse_item["properties"]["event"]
     return {
         200: {
-            "description": _EVENTS_DOC,
+            "description": _EVENTS_DOC if named_events else _EVENTS_DOC + _UNNAMED_DOC,
             "content": {
                 "text/event-stream": {"itemSchema": sse_item},
                 "application/jsonl": {"itemSchema": ref},

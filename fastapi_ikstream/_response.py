@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from starlette.background import BackgroundTask
@@ -21,7 +21,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ._exceptions import StoreError
 from ._store import Subscription
-from ._wire import JSONL_KEEPALIVE, SSE_KEEPALIVE
+from ._wire import JSONL_KEEPALIVE, SSE_KEEPALIVE, EncodedEvent, unnamed_events
 
 __all__ = [
     "JSONL_MEDIA_TYPES",
@@ -111,6 +111,9 @@ class EventStreamResponse(Response):
         status_code: default 200.
         registry: a set the open stream's `StreamHandle` is kept in while it streams, so a
             server that shuts down can close it (see `StreamHandle.stop`).
+        named_events: write each SSE event's ``event:`` line. False sends unnamed events
+            (the kind stays in the JSON ``type``), which ``EventSource.onmessage`` receives.
+            Default True.
     """
 
     def __init__(
@@ -125,8 +128,10 @@ class EventStreamResponse(Response):
         background: BackgroundTask | None = None,
         status_code: int = 200,
         registry: set[StreamHandle] | None = None,
+        named_events: bool = True,
     ) -> None:
         self.registry = registry
+        self.named_events = named_events
         self._subscription = subscription
         self.status_code = status_code
         self.media_type = media_type
@@ -158,6 +163,7 @@ class EventStreamResponse(Response):
         keepalive = JSONL_KEEPALIVE if jsonl else SSE_KEEPALIVE
         timeout = self.keep_alive if self.keep_alive > 0 else None
         retry = self.retry
+        named = self.named_events or jsonl
         try:
             await send(
                 {
@@ -167,18 +173,19 @@ class EventStreamResponse(Response):
                 }
             )
             while (batch := await subscription.next_batch(timeout)) is not None:
-                if not batch:
+                events: Sequence[EncodedEvent] = batch if named else unnamed_events(batch)
+                if not events:
                     chunk = keepalive
                 elif jsonl:
-                    chunk = b"".join([event.jsonl for event in batch])
+                    chunk = b"".join([event.jsonl for event in events])
                 elif retry is not None:
-                    first = batch[0].sse_with_retry(retry)
+                    first = events[0].sse_with_retry(retry)
                     retry = None
-                    chunk = first + b"".join([event.sse for event in batch[1:]])
-                elif len(batch) == 1:
-                    chunk = batch[0].sse
+                    chunk = first + b"".join([event.sse for event in events[1:]])
+                elif len(events) == 1:
+                    chunk = events[0].sse
                 else:
-                    chunk = b"".join([event.sse for event in batch])
+                    chunk = b"".join([event.sse for event in events])
                 if len(chunk) <= SEND_BYTES:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 else:

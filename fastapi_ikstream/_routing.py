@@ -43,6 +43,7 @@ from ._stores import make_store
 __all__ = ["DeploymentProvider", "RunProvider", "StreamRouter", "create_router"]
 
 _STATIC = __file__.rsplit("/", 1)[0] + "/static/ikstream.js"
+_TYPINGS = __file__.rsplit("/", 1)[0] + "/static/ikstream.d.ts"
 _KW = inspect.Parameter.POSITIONAL_OR_KEYWORD
 
 
@@ -202,6 +203,7 @@ def create_router(
     trust_forwarded_for: bool = False,
     name: str | None = None,
     browser_module: bool = True,
+    named_events: bool = True,
 ) -> StreamRouter:
     """Make an `APIRouter` that runs ``deployment`` and streams its runs.
 
@@ -215,7 +217,7 @@ def create_router(
     - ``POST {path}/runs``: start a run detached from any connection (201).
     - ``GET {path}/runs/{run_id}/events``: stream a run from the start or a cursor.
     - ``GET {path}/runs/{run_id}``: the run's latest state; ``DELETE``: cancel it.
-    - ``GET {path}/ikstream.js``: the browser module.
+    - ``GET {path}/ikstream.js``: the browser module; ``{path}/ikstream.d.ts``: its typings.
 
     Runs started by a stream are *attached*: with ``on_disconnect="cancel"`` they are
     cancelled once no reader has been connected for ``reconnect_grace`` seconds. Runs
@@ -257,7 +259,10 @@ def create_router(
         trust_forwarded_for: key anonymous callers on ``X-Forwarded-For`` (behind a trusted
             proxy only).
         name: operation id prefix and summary name. Default from ``path``.
-        browser_module: serve ``{path}/ikstream.js``. Default True.
+        browser_module: serve ``{path}/ikstream.js`` and ``{path}/ikstream.d.ts``. Default True.
+        named_events: write each SSE event's ``event:`` line. False sends unnamed events
+            (the kind stays in the JSON ``type``) for ``EventSource.onmessage`` code.
+            Default True.
 
     Returns:
         A `StreamRouter` (an `APIRouter`).
@@ -289,7 +294,9 @@ def create_router(
         storage_uri=rate_limit_storage,
         trust_forwarded_for=trust_forwarded_for,
     )
-    core = RouterCore(manager, admission, keep_alive=keep_alive, retry=retry)
+    core = RouterCore(
+        manager, admission, keep_alive=keep_alive, retry=retry, named_events=named_events
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
@@ -318,8 +325,9 @@ def create_router(
     principal_dep = auth if auth is not None else _anonymous
     model: type[BaseModel] = request_model or RunRequest
     reserved = {"inputs", "task_name", "last_event_id", getattr(auth, "query_param", None)}
-    _add_run_routes(router, core, path, label, model, principal_dep, reserved)
-    _add_run_id_routes(router, core, path, label, principal_dep)
+    stream_doc = stream_responses(named_events=named_events)
+    _add_run_routes(router, core, path, label, model, principal_dep, reserved, stream_doc)
+    _add_run_id_routes(router, core, path, label, principal_dep, stream_doc)
     if browser_module:
         _add_browser_module(router, path, label)
     return router
@@ -352,6 +360,7 @@ def _add_run_routes(
     model: type[BaseModel],
     principal_dep: Callable[..., Any],
     reserved: set[Any],
+    stream_doc: dict[int | str, dict[str, Any]],
 ) -> None:
     """``{path}/stream`` (POST and GET), ``{path}`` and ``{path}/runs``."""
     Principal = Annotated[Any, Depends(principal_dep)]
@@ -395,7 +404,7 @@ def _add_run_routes(
             summary=summary + note,
             operation_id=f"{label}_stream{suffix}",
             response_class=EventStreamResponse,
-            responses=stream_responses(),
+            responses=stream_doc,
         )
     router.add_api_route(
         path or "/",
@@ -433,6 +442,7 @@ def _add_run_id_routes(
     path: str,
     label: str,
     principal_dep: Callable[..., Any],
+    stream_doc: dict[int | str, dict[str, Any]],
 ) -> None:
     """``{path}/runs/{run_id}/events``, ``GET`` and ``DELETE {path}/runs/{run_id}``."""
     Principal = Annotated[Any, Depends(principal_dep)]
@@ -467,7 +477,7 @@ def _add_run_id_routes(
         operation_id=f"{label}_events",
         response_class=EventStreamResponse,
         responses={
-            **stream_responses(),
+            **stream_doc,
             204: {"description": "The run has ended: stop reconnecting."},
             404: ERROR_RESPONSES[404],
         },
@@ -510,6 +520,21 @@ def _add_browser_module(router: StreamRouter, path: str, label: str) -> None:
         methods=["GET"],
         summary="The browser module (an ES module)",
         operation_id=f"{label}_browser_module",
+        response_class=FileResponse,
+        include_in_schema=False,
+    )
+
+    async def browser_typings() -> FileResponse:
+        return FileResponse(
+            _TYPINGS,
+            media_type="application/typescript",
+            headers={"Cache-Control": "public, max-age=3600"},
+        )
+
+    router.add_api_route(
+        f"{path}/ikstream.d.ts",
+        browser_typings,
+        methods=["GET"],
         response_class=FileResponse,
         include_in_schema=False,
     )

@@ -25,10 +25,19 @@ from ._exceptions import (
 )
 from ._log import RunLog
 from ._memory import MemoryRunSubscription
-from ._models import EventType, LogLine, Progress, RunError, RunState, RunStatus, status_from_state
+from ._models import (
+    EventType,
+    LogLine,
+    Progress,
+    RunError,
+    RunState,
+    RunStatus,
+    status_from_state,
+    upstream_id_of,
+)
 from ._response import EventStreamResponse, negotiate_media_type
 from ._shutdown import on_shutdown_signal
-from ._wire import check_sse_id
+from ._wire import check_sse_id, unnamed_events
 
 __all__ = ["DEFAULT_TIMEOUT", "OnProgress", "RunSource", "StreamingRun", "new_run_id"]
 
@@ -135,8 +144,11 @@ class StreamingRun:
         run_id: the run's id; a new unguessable one by default.
         inputs: the run's inputs, sent on the ``result`` event when ``include_inputs``.
         include_inputs: send ``inputs`` on the ``result`` event. Default False.
-        raise_on_error: `aiter_states` raises `RunFailedError` (or `RunCancelledError`) after
-            yielding the terminal state and ``done``. Default True.
+        raise_on_error: `aiter_states`, `aiter_sse` and `aiter_jsonl` raise `RunFailedError`
+            (or `RunCancelledError`) after yielding the terminal state and ``done``, so a
+            consumer of the bytes sees the failure too. `to_response` is not affected: once
+            the headers are sent, a failure can only travel as the ``failed`` event (which
+            this package's clients raise). Default True.
         keep_alive: seconds of silence before a keep-alive is sent; 0 disables. Default 10.0.
         headers: extra response headers for `to_response`. Default none.
         timeout: seconds the deployment may run; then the run ends ``failed`` with code
@@ -146,6 +158,9 @@ class StreamingRun:
         max_events: events buffered for a slow reader before it gets a ``reset``. Default 10,000.
         drain_timeout: seconds a run streamed by `to_response` may go on after SIGTERM or
             SIGINT before it is cancelled. Default 5.0.
+        named_events: write the SSE ``event:`` line. False sends unnamed events (the kind
+            stays in the JSON ``type``), so ``EventSource.onmessage`` gets every event.
+            Default True.
 
     Raises:
         ValueError: ``run_id`` holds a CR, an LF or a NUL (it would break the SSE ``id:``).
@@ -165,6 +180,7 @@ class StreamingRun:
         retry: int | None = 3000,
         max_events: int = 10_000,
         drain_timeout: float = 5.0,
+        named_events: bool = True,
     ) -> None:
         self.source = source
         self.run_id = check_sse_id(run_id, "run_id") if run_id else new_run_id()
@@ -177,6 +193,8 @@ class StreamingRun:
         self.retry = retry
         self.max_events = max_events
         self.drain_timeout = drain_timeout
+        self.named_events = named_events
+        self._upstream_id: str | None = None
         self._seq = 0
         self._status = RunStatus.RECEIVED
         self._state: str | None = None
@@ -230,6 +248,8 @@ class StreamingRun:
 
     def _emit(self, type_: EventType, **fields: Any) -> RunState:
         self._seq += 1
+        if self._upstream_id is not None and "status" in fields:
+            fields["upstream_id"] = self._upstream_id
         state = RunState(type=type_, run_id=self.run_id, seq=self._seq, **fields)
         assert self._sink is not None
         self._sink(state)
@@ -250,6 +270,7 @@ class StreamingRun:
             return
         state = update.get("state")
         status = update.get("status")
+        self._upstream_id = upstream_id_of(update) or self._upstream_id
         new_status = RunStatus(status) if status is not None else status_from_state(state)
         if state is not None:
             self._state = str(state)
@@ -389,6 +410,9 @@ class StreamingRun:
         finally:
             if not task.done():
                 task.cancel()
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
         terminal = self._terminal
         if self.raise_on_error and terminal is not None:
             if terminal.type is EventType.FAILED:
@@ -406,7 +430,7 @@ class StreamingRun:
                 if not batch:
                     yield b'{"type":"keepalive"}\n' if jsonl else b": keep-alive\n"
                     continue
-                for event in batch:
+                for event in batch if self.named_events or jsonl else unnamed_events(batch):
                     if jsonl:
                         yield event.jsonl
                     elif first and self.retry is not None:
@@ -417,12 +441,15 @@ class StreamingRun:
         finally:
             if not task.done():
                 task.cancel()
+        self._raise_if_failed()
 
     def aiter_sse(self) -> AsyncIterator[bytes]:
         """Run and yield the stream as SSE bytes: one block per event, keep-alives between.
 
         Raises:
             StreamConsumedError: the run was already read.
+            RunFailedError: after the ``failed`` and ``done`` blocks, when ``raise_on_error``.
+            RunCancelledError: after the ``cancelled`` and ``done`` blocks, likewise.
         """
         return self._aiter_bytes(jsonl=False)
 
@@ -431,6 +458,8 @@ class StreamingRun:
 
         Raises:
             StreamConsumedError: the run was already read.
+            RunFailedError: after the ``failed`` and ``done`` lines, when ``raise_on_error``.
+            RunCancelledError: after the ``cancelled`` and ``done`` lines, likewise.
         """
         return self._aiter_bytes(jsonl=True)
 
@@ -492,4 +521,5 @@ class StreamingRun:
             headers={**self.headers, **(headers or {})},
             on_close=on_close,
             background=background,
+            named_events=self.named_events,
         )

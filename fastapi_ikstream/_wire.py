@@ -14,18 +14,25 @@ ignored by every parser (HTML Living Standard, §9.2.6 "Interpreting an event st
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final, Protocol
 
 from ._models import RunState
+
+if TYPE_CHECKING:
+    from ._store import StoredEvent
 
 __all__ = [
     "JSONL_KEEPALIVE",
     "SSE_KEEPALIVE",
+    "EncodedEvent",
+    "UnnamedEvent",
     "check_event_name",
     "check_sse_id",
     "encode_jsonl",
     "encode_sse",
     "sse_block",
+    "unnamed_events",
 ]
 
 SSE_KEEPALIVE: Final = b": keep-alive\n"
@@ -64,36 +71,90 @@ def check_event_name(value: str, what: str = "event") -> str:
     return value
 
 
-def sse_block(data: str, event: str, id: str, retry: int | None = None) -> bytes:
+def sse_block(data: str, event: str | None, id: str, retry: int | None = None) -> bytes:
     """Encode one SSE block, byte-identical to ``format_sse_event(data_str=…, event=…, id=…)``.
 
     Args:
         data: the ``data:`` payload; must be a single line (compact JSON always is).
-        event: the ``event:`` name; a single line.
+        event: the ``event:`` name, a single line; None leaves the line out (an unnamed
+            event, which ``EventSource`` hands to ``onmessage``).
         id: the ``id:`` value; a single line without NUL.
         retry: reconnection delay in milliseconds for the ``retry:`` field, or None.
 
     Returns:
         The block, ending with the blank line that dispatches it.
     """
+    head = "" if event is None else f"event: {event}\n"
     if retry is None:
-        return f"event: {event}\ndata: {data}\nid: {id}\n\n".encode()
-    return f"event: {event}\ndata: {data}\nid: {id}\nretry: {retry}\n\n".encode()
+        return f"{head}data: {data}\nid: {id}\n\n".encode()
+    return f"{head}data: {data}\nid: {id}\nretry: {retry}\n\n".encode()
 
 
-def encode_sse(state: RunState, *, retry: int | None = None) -> bytes:
+def encode_sse(state: RunState, *, retry: int | None = None, named: bool = True) -> bytes:
     """Encode a run state as one SSE block: ``event``, ``data`` (JSON), ``id`` (``run_id:seq``).
 
     Args:
         state: the event to encode.
         retry: reconnection delay in milliseconds to attach, or None.
+        named: write the ``event:`` line. False leaves it out: the kind is then only in the
+            JSON ``type``, and a browser ``EventSource`` calls ``onmessage`` for every event.
+            Default True.
 
     Returns:
         UTF-8 bytes of the block.
     """
-    return sse_block(state.to_json(), state.type.value, state.event_id, retry)
+    return sse_block(state.to_json(), state.type.value if named else None, state.event_id, retry)
 
 
 def encode_jsonl(state: RunState) -> bytes:
     """Encode a run state as one JSON line: compact JSON and a line feed."""
     return state.to_json().encode() + b"\n"
+
+
+class EncodedEvent(Protocol):
+    """An event as a run store keeps it (`StoredEvent`), ready to be written."""
+
+    @property
+    def sse(self) -> bytes:
+        """The SSE block."""
+
+    def sse_with_retry(self, retry: int) -> bytes:
+        """The SSE block with a ``retry:`` field."""
+
+    @property
+    def jsonl(self) -> bytes:
+        """The JSON line."""
+
+
+class UnnamedEvent:
+    """A stored event written without its ``event:`` line (the kind stays in ``type``).
+
+    Args:
+        event: the stored event to write.
+    """
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: StoredEvent) -> None:
+        self.event = event
+
+    @property
+    def sse(self) -> bytes:
+        """The SSE block: ``data`` and ``id``, no ``event``."""
+        event = self.event
+        return sse_block(event.data, None, f"{event.run_id}:{event.seq}")
+
+    def sse_with_retry(self, retry: int) -> bytes:
+        """The SSE block with a ``retry:`` field (milliseconds) added last."""
+        event = self.event
+        return sse_block(event.data, None, f"{event.run_id}:{event.seq}", retry)
+
+    @property
+    def jsonl(self) -> bytes:
+        """The JSON line (the same as the named event's)."""
+        return self.event.jsonl
+
+
+def unnamed_events(batch: Sequence[StoredEvent]) -> list[UnnamedEvent]:
+    """Wrap a batch of stored events so that they are written without ``event:`` lines."""
+    return [UnnamedEvent(event) for event in batch]

@@ -1,5 +1,10 @@
 """Read a run's stream from Python: typed states, decoded results, reconnects.
 
+Forms: `process_streaming_response` / `process_json_stream` (a request or response),
+`process_readable_stream` (bytes from anywhere), `aconnect_states` (``async for``), and
+`stream_states` (fal-style listeners and ``await stream.done()``); each has a sync twin
+but the last. `image_input` turns a file, bytes or a PIL image into a run input.
+
 Needs the ``client`` extra (``pip install "fastapi-ikstream[client]"``). Server-Sent Events
 are parsed by ``httpx-sse``; JSON lines (``application/jsonl``) by httpx. Both give the same
 `RunState` objects; keep-alives and events without data are skipped.
@@ -88,13 +93,16 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "AsyncRunStream",
     "ImageOutput",
+    "Listener",
     "OnProgress",
     "Output",
     "Results",
     "RunStream",
+    "StateStream",
     "StorageObjectOutput",
     "StreamConnectionError",
     "StreamError",
+    "StreamEvent",
     "StreamHTTPError",
     "StreamProtocolError",
     "StreamResumeError",
@@ -102,10 +110,14 @@ __all__ = [
     "StreamTimeoutWarning",
     "aconnect_states",
     "connect_states",
+    "image_input",
     "process_json_stream",
     "process_json_stream_sync",
+    "process_readable_stream",
+    "process_readable_stream_sync",
     "process_streaming_response",
     "process_streaming_response_sync",
+    "stream_states",
 ]
 
 DEFAULT_TIMEOUT = 15.0
@@ -162,11 +174,14 @@ class StreamHTTPError(StreamError):
 
 
 class StreamTimeoutError(StreamError, TimeoutError):
-    """No byte arrived for ``seconds`` seconds (fal's stream answers the same with 408).
+    """No byte arrived for ``seconds`` seconds.
 
     Attributes:
         seconds: the inactivity timeout that passed.
+        status: 408 (Request Timeout), as fal's stream reports it.
     """
+
+    status = 408
 
     def __init__(self, seconds: float | None, message: str | None = None) -> None:
         if message is None:
@@ -1348,3 +1363,15 @@ def process_json_stream_sync(
         if tracker.done:
             break
     return tracker.results()
+
+
+# Defined in their own module, which builds on the names above.
+from ._client_forms import Listener as Listener  # noqa: E402
+from ._client_forms import StateStream as StateStream  # noqa: E402
+from ._client_forms import StreamEvent as StreamEvent  # noqa: E402
+from ._client_forms import image_input as image_input  # noqa: E402
+from ._client_forms import process_readable_stream as process_readable_stream  # noqa: E402
+from ._client_forms import (  # noqa: E402
+    process_readable_stream_sync as process_readable_stream_sync,
+)
+from ._client_forms import stream_states as stream_states  # noqa: E402

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -92,3 +96,44 @@ async def browser() -> AsyncIterator[Browser]:
         chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
         await chromium.close()
+
+
+NODE_DIR = Path(__file__).parent / "node"
+"""The npm packages the tests use (``package.json`` and its lock file)."""
+
+
+def _installed() -> bool:
+    """Every package in the lock file is in node_modules at the locked version."""
+    lock = NODE_DIR / "package-lock.json"
+    if not lock.is_file() or not (NODE_DIR / "node_modules").is_dir():
+        return False
+    for key, meta in json.loads(lock.read_text())["packages"].items():
+        manifest = NODE_DIR / key / "package.json"
+        if not key or (meta.get("optional") and not manifest.is_file()):
+            continue  # optional packages for other platforms are not installed
+        if not (
+            manifest.is_file() and json.loads(manifest.read_text())["version"] == meta["version"]
+        ):
+            return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """The ``node`` binary, with the npm clients installed in ``tests/node``."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.fail("node and npm are needed (Node.js 20 or later)")
+    if not _installed():
+        verb = "ci" if (NODE_DIR / "package-lock.json").is_file() else "install"
+        result = subprocess.run(
+            [npm, verb, "--no-audit", "--no-fund"],
+            cwd=NODE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=45,  # within the test's timeout, so a stuck install fails with a message
+            check=False,
+        )
+        assert result.returncode == 0, f"npm {verb} failed:\n{result.stderr}"
+        assert _installed()
+    return node

@@ -427,3 +427,17 @@ async def test_token_exchange_does_not_block_the_event_loop(
     assert states[-2].type is EventType.RESULT
     assert sum(gaps) > 0.4  # the run waited for the slow token service ...
     assert max(gaps) < 0.2  # ... while the event loop kept turning
+
+
+async def test_scale_run_uuid_is_kept_as_upstream_id(scale: tuple[str, FastAPI]) -> None:
+    url, app = scale
+    async with IkomiaDeployment(url) as deployment:
+        states = await collect(StreamingRun(deployment.open_run([small_image()], PARAMS)))
+    (job_uuid,) = app.state.scale.jobs
+    # SCALE gives the uuid with its answer to the submission: from PENDING on, every state
+    # that carries a status names it (before it, ikclient reports uuid=None)
+    first = next(i for i, s in enumerate(states) if s.state == "PENDING")
+    assert {s.upstream_id for s in states[:first]} == {None}
+    assert {s.upstream_id for s in states[first:] if s.status is not None} == {job_uuid}
+    assert states[-2].type is EventType.RESULT
+    assert states[-2].code == 10

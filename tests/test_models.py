@@ -93,6 +93,7 @@ def test_state_json_is_compact_and_leaves_out_nulls():
         "run_id": "r_1",
         "seq": 2,
         "status": "running",
+        "code": 7,
         "state": "STARTED",
         "eta": [800, None],
         "progress": {"current": 3, "total": 10},

@@ -15,8 +15,6 @@ import base64
 import contextlib
 import json
 import random
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -53,41 +51,6 @@ BODY = {"inputs": [], "parameters": {"prompt": "un chat 🐈"}}
 
 
 # --- npm packages -------------------------------------------------------------------------
-
-
-def _installed() -> bool:
-    """Every package in the lock file is in node_modules at the locked version."""
-    lock = NODE_DIR / "package-lock.json"
-    if not lock.is_file() or not (NODE_DIR / "node_modules").is_dir():
-        return False
-    for key, meta in json.loads(lock.read_text())["packages"].items():
-        manifest = NODE_DIR / key / "package.json"
-        if key and not (
-            manifest.is_file() and json.loads(manifest.read_text())["version"] == meta["version"]
-        ):
-            return False
-    return True
-
-
-@pytest.fixture(scope="session")
-def node() -> str:
-    """The ``node`` binary, with the npm clients installed in ``tests/node``."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.fail("node and npm are needed (Node.js 20 or later)")
-    if not _installed():
-        verb = "ci" if (NODE_DIR / "package-lock.json").is_file() else "install"
-        result = subprocess.run(
-            [npm, verb, "--no-audit", "--no-fund"],
-            cwd=NODE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=45,  # within the test's timeout, so a stuck install fails with a message
-            check=False,
-        )
-        assert result.returncode == 0, f"npm {verb} failed:\n{result.stderr}"
-        assert _installed()
-    return node
 
 
 async def run_node(node: str, script: str, config: dict[str, Any]) -> dict[str, Any]:

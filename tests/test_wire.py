@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from fastapi_ikstream import EventType, RunState, RunStatus, StreamingRun, encode_jsonl, encode_sse
 from fastapi_ikstream._store import StoredEvent
-from fastapi_ikstream._wire import JSONL_KEEPALIVE, SSE_KEEPALIVE, sse_block
+from fastapi_ikstream._wire import JSONL_KEEPALIVE, SSE_KEEPALIVE, UnnamedEvent, sse_block
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -39,6 +39,26 @@ def test_sse_block_is_byte_identical_to_fastapi(data, event, run_id, seq, retry)
     ours = sse_block(payload, event, f"{run_id}:{seq}", retry)
     theirs = format_sse_event(data_str=payload, event=event, id=f"{run_id}:{seq}", retry=retry)
     assert ours == theirs
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=json_values,
+    run_id=st.text(alphabet=string.ascii_letters + string.digits + "_-", min_size=1, max_size=30),
+    seq=st.integers(min_value=0, max_value=2**40),
+    retry=st.none() | st.integers(min_value=0, max_value=10**6),
+)
+def test_unnamed_sse_block_is_byte_identical_to_fastapi(data, run_id, seq, retry):
+    payload = json.dumps(data, separators=(",", ":"))
+    ours = sse_block(payload, None, f"{run_id}:{seq}", retry)
+    theirs = format_sse_event(data_str=payload, id=f"{run_id}:{seq}", retry=retry)
+    assert ours == theirs
+    assert not ours.startswith(b"event:")
+    stored = StoredEvent(run_id, seq, "progress", payload)
+    assert UnnamedEvent(stored).sse == format_sse_event(data_str=payload, id=f"{run_id}:{seq}")
+    if retry is not None:
+        assert UnnamedEvent(stored).sse_with_retry(retry) == theirs
+    assert UnnamedEvent(stored).jsonl == stored.jsonl
 
 
 def every_kind() -> list[RunState]:
@@ -95,6 +115,10 @@ def test_every_kind_encodes_one_data_line_lf_utf8_no_bom():
         assert json.loads(state.to_json())["type"] == state.type.value
         assert encode_jsonl(state) == state.to_json().encode() + b"\n"
         assert StoredEvent.from_state(state).sse == encode_sse(state)
+        unnamed = encode_sse(state, named=False)
+        assert unnamed == format_sse_event(data_str=state.to_json(), id=state.event_id)
+        assert UnnamedEvent(StoredEvent.from_state(state)).sse == unnamed
+        assert ("code" in json.loads(state.to_json())) == (state.status is not None)
 
 
 def test_no_event_is_named_error():

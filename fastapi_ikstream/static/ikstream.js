@@ -43,7 +43,10 @@ const FIRST_RETRY_DELAY = 1000;
  * @property {number} seq - position of the event in its run: 1, 2, 3 …
  * @property {string} [status] - "queued", "running", "completed", "failed" …
  * @property {string} [state] - the deployment's own state word, e.g. "STARTED".
- * @property {Array<number|null>} [eta] - [min, max] milliseconds to completion.
+ * @property {number} [code] - the status's numeric code (inference.sh's 1 … 12).
+ * @property {Array<number|null>} eta - [min, max] milliseconds to completion; on an event
+ *   that has none (a `log`, `done`), the module puts the last ETA sent, or `[null, null]`.
+ * @property {string} [upstream_id] - the deployment's own run id (SCALE's uuid), once known.
  * @property {{current: number, total?: number}} [progress] - work done so far.
  * @property {Array<{ts: number, level: string, message: string}>} [logs] - new log lines.
  * @property {*} [partial_output] - an intermediate output.
@@ -338,6 +341,7 @@ export class SSEParser {
 class Tracker {
   constructor() {
     this.runId = null;
+    this.eta = [null, null];
     this.lastSeq = 0;
     this.lastEventId = null;
     this.retry = undefined;
@@ -375,6 +379,9 @@ class Tracker {
       );
     }
     if (item.seq <= this.lastSeq) return null;
+    // Always there, as in ikclient: an event without one keeps the last ETA sent.
+    if (Array.isArray(item.eta)) this.eta = item.eta;
+    else item.eta = this.eta;
     this.lastSeq = item.seq;
     this.lastEventId = eventId || `${item.run_id}:${item.seq}`;
     if (TERMINAL_TYPES.has(item.type)) this.terminal = item;
@@ -698,8 +705,9 @@ async function readResponse(response, onProgress, {timeout = 15000, onEvent} = {
  * Read a JSON-lines run stream, or any (async) iterable of states, to the end, like the
  * JavaScript `ikclient`'s `processJsonStream` (e.g. a tRPC stream of states).
  *
- * @param {Response|ReadableStream<Uint8Array>|AsyncIterable<*>|Iterable<*>} source - a
- *   response or byte stream of JSON lines, or an iterable of states (objects or JSON text).
+ * @param {Response|ReadableStream<*>|AsyncIterable<*>|Iterable<*>} source - a response of
+ *   JSON lines; a `ReadableStream` of JSON-lines bytes, or of states (objects or JSON text,
+ *   one per chunk); or an iterable of states.
  * @param {(state: RunState) => void} [onProgress] - called with every state, in order.
  * @param {object} [options]
  * @param {number} [options.timeout=15000] - milliseconds without a byte before rejecting
@@ -713,8 +721,7 @@ export async function processJsonStream(source, onProgress, options = {}) {
     return readResponse(source, onProgress, options, "jsonl");
   }
   if (typeof ReadableStream !== "undefined" && source instanceof ReadableStream) {
-    const response = new Response(source, {headers: {"content-type": JSONL_TYPES[0]}});
-    return readResponse(response, onProgress, options, "jsonl");
+    source = readableItems(source, options.timeout ?? 15000);
   }
   const tracker = new Tracker();
   for await (const item of source) {
@@ -787,4 +794,304 @@ export function watchRun(eventsUrl, options = {}) {
     });
     signal?.addEventListener("abort", onAbort, {once: true});
   });
+}
+
+// -- readable streams, async iteration, listeners ----------------------------------------
+
+function withTimeout(promise, timeout) {
+  if (!(timeout > 0)) return promise;
+  let timer;
+  const silence = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new StreamTimeoutError(timeout)), timeout);
+  });
+  return Promise.race([promise, silence]).finally(() => clearTimeout(timer));
+}
+
+/** The items of a `ReadableStream`: byte chunks are split into lines, other chunks kept. */
+async function* readableItems(stream, timeout) {
+  const reader = stream.getReader();
+  const decoder = new TextDecoder();
+  let rest = "";
+  try {
+    for (;;) {
+      const {value, done} = await withTimeout(reader.read(), timeout);
+      if (done) break;
+      if (value instanceof ArrayBuffer || ArrayBuffer.isView(value)) {
+        const lines = (rest + decoder.decode(value, {stream: true})).split("\n");
+        rest = lines.pop();
+        yield* lines;
+      } else {
+        yield value;
+      }
+    }
+    rest += decoder.decode();
+    if (rest.trim()) yield rest;
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+}
+
+/**
+ * Read a `ReadableStream` of Server-Sent Events bytes (or JSON lines) to the end, like the
+ * JavaScript `ikclient`'s `processReadableStream`: for a stream from your own transport
+ * (tRPC, a worker, a custom fetch) without a `Response` around it.
+ *
+ * @param {ReadableStream<Uint8Array>} stream - the bytes of a run's event stream.
+ * @param {(state: RunState) => void} [onProgress] - called with every state, in order.
+ * @param {object} [options]
+ * @param {boolean} [options.jsonl=false] - the bytes are JSON lines, not SSE.
+ * @param {number} [options.timeout=15000] - milliseconds without a byte before rejecting.
+ * @param {(event: SSEEvent) => void} [options.onEvent] - called with every parsed SSE event.
+ * @returns {Promise<Results>} the results of the `result` state.
+ * @throws {RunFailedError} the run failed; `RunCancelledError` if cancelled.
+ * @throws {StreamConnectionError} the stream ended before the run did.
+ */
+export async function processReadableStream(stream, onProgress, options = {}) {
+  const {jsonl = false, ...rest} = options;
+  const response = new Response(stream, {
+    headers: {"content-type": jsonl ? JSONL_TYPES[0] : SSE_TYPE},
+  });
+  return readResponse(response, onProgress, rest, null);
+}
+
+const LISTENED = new Set(["message", "data", "state", "error", "done"]);
+
+/**
+ * A run's stream, read as it arrives: an async iterable of states, fal-style listeners
+ * (`on("message" | "error" | "done", listener)`) and a `done()` promise. It starts at once
+ * (like fal's `FalStream`) and reconnects as `streamRun` does. Made by `streamStates`.
+ *
+ * @example
+ * const stream = streamStates("/api/generate-image/stream", {body: {inputs: [image]}});
+ * for await (const state of stream) console.log(state.status, state.progress);
+ * const results = await stream.done();
+ */
+export class RunStream {
+  /**
+   * @param {string|URL} url - the stream endpoint.
+   * @param {object} [options] - as for `streamRun` (but `onProgress`), and:
+   * @param {*} [options.input] - the request body, under fal's name (`body` wins).
+   */
+  constructor(url, options = {}) {
+    const {signal, input, body = input, onProgress, ...rest} = options;
+    /** Every state received so far, in order. @type {RunState[]} */
+    this.states = [];
+    this._listeners = new Map();
+    this._waiters = [];
+    this._ended = false;
+    this._error = null;
+    this._results = null;
+    this._controller = new AbortController();
+    if (signal) {
+      if (signal.aborted) this._controller.abort(signal.reason);
+      else signal.addEventListener("abort", () => this.abort(signal.reason), {once: true});
+    }
+    this._done = streamRun(url, {
+      ...rest,
+      body,
+      signal: this._controller.signal,
+      onProgress: state => {
+        this.states.push(state);
+        this._wake();
+        onProgress?.(state);
+        this._emit("message", state);
+      },
+    });
+    this._done.then(
+      results => this._settle(null, results),
+      error => this._settle(error, null),
+    );
+  }
+
+  _settle(error, results) {
+    this._ended = true;
+    this._error = error;
+    this._results = results;
+    this._wake();
+    if (error) this._emit("error", error);
+    else this._emit("done", results);
+  }
+
+  _wake() {
+    const waiters = this._waiters;
+    this._waiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  _emit(type, value) {
+    const names = type === "message" ? ["message", "data", "state"] : [type];
+    for (const name of names) {
+      for (const listener of this._listeners.get(name) ?? []) listener(value);
+    }
+  }
+
+  /**
+   * Add a listener: `"message"` (also `"data"` or `"state"`) gets every state; `"error"`
+   * the error the stream ended with; `"done"` the `Results`. A `"done"` or `"error"`
+   * listener added after the end is called at once.
+   *
+   * @param {"message"|"data"|"state"|"error"|"done"} type
+   * @param {(value: *) => void} listener
+   * @returns {this}
+   */
+  on(type, listener) {
+    if (!LISTENED.has(type)) throw new TypeError(`no such stream event: ${type}`);
+    if (!this._listeners.has(type)) this._listeners.set(type, []);
+    this._listeners.get(type).push(listener);
+    if (this._ended && type === "done" && !this._error) listener(this._results);
+    if (this._ended && type === "error" && this._error) listener(this._error);
+    return this;
+  }
+
+  /**
+   * Remove a listener added with `on`.
+   * @param {"message"|"data"|"state"|"error"|"done"} type
+   * @param {(value: *) => void} listener
+   * @returns {this}
+   */
+  off(type, listener) {
+    const listeners = this._listeners.get(type) ?? [];
+    const index = listeners.indexOf(listener);
+    if (index !== -1) listeners.splice(index, 1);
+    return this;
+  }
+
+  /**
+   * The end of the run: resolves with its `Results`, rejects as `streamRun` does
+   * (`RunFailedError`, `HTTPError`, `StreamTimeoutError`, the abort reason …).
+   * @returns {Promise<Results>}
+   */
+  done() {
+    return this._done;
+  }
+
+  /**
+   * Close the connection (the server cancels the run); `done()` rejects with `reason`.
+   * @param {*} [reason] - default an `AbortError`.
+   */
+  abort(reason) {
+    this._controller.abort(reason);
+  }
+
+  /**
+   * Iterate over the states, `run` first and `done` last; each loop sees them all. A
+   * failed or cancelled run throws `RunFailedError` (or `RunCancelledError`) after `done`;
+   * other errors are thrown as they happen. Leaving the loop before the run's end closes
+   * the connection (the server cancels the run).
+   * @returns {AsyncGenerator<RunState, void, undefined>}
+   */
+  async *[Symbol.asyncIterator]() {
+    let index = 0;
+    let finished = false;
+    try {
+      for (;;) {
+        if (index < this.states.length) {
+          const state = this.states[index++];
+          if (TERMINAL_TYPES.has(state.type)) finished = true;
+          yield state;
+          continue;
+        }
+        if (this._ended) break;
+        await new Promise(resolve => this._waiters.push(resolve));
+      }
+      finished = true;
+      if (this._error) throw this._error;
+    } finally {
+      if (!finished && !this._ended) this.abort();
+    }
+  }
+}
+
+/**
+ * Start a run and read its states with `for await`, listeners, or `done()`.
+ *
+ * @example
+ * for await (const state of streamStates(url, {body, signal})) {
+ *   if (state.progress) bar.value = state.progress.current / state.progress.total;
+ * }
+ *
+ * @param {string|URL} url - the stream endpoint, e.g. "/api/generate-image/stream".
+ * @param {object} [options] - as for `streamRun`; `input` is taken as the body too.
+ * @returns {RunStream} the stream, already started.
+ */
+export function streamStates(url, options = {}) {
+  return new RunStream(url, options);
+}
+
+// -- inputs -------------------------------------------------------------------------------
+
+/**
+ * Turn a browser `File` or `Blob` (an `<input type="file">` pick, a canvas blob) into a run
+ * input: a `data:` URL with base64, which the router's default request model accepts.
+ *
+ * @example
+ * const body = {inputs: [await fileToInput(input.files[0])]};
+ *
+ * @param {Blob} file - the file; its `type` becomes the URL's media type.
+ * @returns {Promise<string>} `data:{type};base64,{data}`.
+ */
+export async function fileToInput(file) {
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  }
+  return `data:${file.type || "application/octet-stream"};base64,${btoa(binary)}`;
+}
+
+// -- inference.sh's client shape ---------------------------------------------------------
+
+function inferenceUpdate(state, status) {
+  const update = {...state, status};
+  if (state.logs) update.logs = state.logs.map(line => line.message);
+  if (state.results) update.output = state.results;
+  if (state.error) update.error = state.error.message;
+  return update;
+}
+
+async function* inferenceUpdates(stream) {
+  let status;
+  for await (const state of stream) {
+    if (state.type === "done" || state.type === "reset") continue;
+    status = state.status ?? status;
+    yield inferenceUpdate(state, status);
+    if (TERMINAL_TYPES.has(state.type)) return;
+  }
+}
+
+/**
+ * A client in the shape of the inference.sh SDK's (`client.run(config, {stream: true})`),
+ * for code written against it. Each update is a run state with `status` always set, `logs`
+ * as strings, `output` (the results) and `error` (its message); the iteration ends with the
+ * `result`, `failed` or `cancelled` update, without throwing.
+ *
+ * @example
+ * const client = inference({apiKey: "inf_..."});
+ * const stream = await client.run({app: "acme/flux", input: {prompt}}, {stream: true});
+ * for await (const update of stream) console.log(update.status);
+ *
+ * @param {object} [options]
+ * @param {string} [options.apiKey] - sent as `Authorization: Bearer {apiKey}`.
+ * @param {string} [options.proxyUrl] - POST every run here, the whole config as the body.
+ * @param {string} [options.baseUrl=""] - else POST `config.input` to
+ *   `{baseUrl}/{config.app}/stream` (a router mounted at the app's path).
+ * @param {HeadersInit} [options.headers] - extra request headers.
+ * @returns {{run: (config: {app?: string, input?: *}, options?: {stream?: boolean,
+ *   signal?: AbortSignal}) => Promise<*>}}
+ */
+export function inference(options = {}) {
+  const {apiKey, proxyUrl, baseUrl = "", headers} = options;
+  return {
+    async run(config, {stream = false, signal} = {}) {
+      const h = new Headers(headers);
+      if (apiKey) h.set("Authorization", `Bearer ${apiKey}`);
+      const url = proxyUrl ?? `${baseUrl}/${config.app}/stream`;
+      const body = proxyUrl ? config : (config.input ?? {});
+      const updates = inferenceUpdates(new RunStream(url, {body, headers: h, signal}));
+      if (stream) return updates;
+      let last;
+      for await (const update of updates) last = update;
+      return last;
+    },
+  };
 }

@@ -296,16 +296,26 @@ async def test_bad_after_seq_is_a_422(
     assert_json_error(response, 422)
 
 
-async def test_a_cursor_past_the_end_of_a_finished_run_is_a_204(
+async def test_a_cursor_past_the_end_of_a_finished_run_gets_a_reset_and_a_huge_one_the_start(
     server: ThreadServer, headers: dict[str, str], finished_run: str
 ) -> None:
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-        for cursor in (10**6, 2**63 - 1):
-            response = await http.get(
-                f"/api/gen/runs/{finished_run}/events",
-                headers={**headers, "Last-Event-ID": f"{finished_run}:{cursor}"},
-            )
-            assert response.status_code == 204
+        # past the end of what the run has: a reset to what is kept, then the kept events
+        response = await http.get(
+            f"/api/gen/runs/{finished_run}/events",
+            headers={**headers, "Last-Event-ID": f"{finished_run}:{10**6}"},
+        )
+        assert response.status_code == 200
+        assert response.text.startswith("event: reset\n")
+        assert response.text.count("event: done") == 1
+        # beyond any seq this package sends: malformed, read as no cursor at all
+        response = await http.get(
+            f"/api/gen/runs/{finished_run}/events",
+            headers={**headers, "Last-Event-ID": f"{finished_run}:{2**63 - 1}"},
+        )
+        assert response.status_code == 200
+        assert response.text.startswith("event: run\n")
+        assert "event: done" in response.text
 
 
 # --- run ids in paths, query strings -------------------------------------------------------
