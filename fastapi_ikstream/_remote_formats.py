@@ -60,7 +60,9 @@ class UpstreamEvent:
         try:
             return json.loads(self.data)
         except ValueError:
-            raise UpstreamError("The upstream sent an event that is not JSON.") from None
+            raise UpstreamError(
+                "The upstream sent an event that is not JSON.", retryable=False
+            ) from None
 
 
 MapEvent: TypeAlias = Callable[[UpstreamEvent], Mapping[str, Any] | None]
@@ -102,7 +104,9 @@ def _present(**fields: Any) -> dict[str, Any]:
 def _object_of(event: UpstreamEvent) -> Mapping[str, Any]:
     payload = event.json()
     if not isinstance(payload, Mapping):
-        raise UpstreamError("The upstream sent an event that is not a JSON object.")
+        raise UpstreamError(
+            "The upstream sent an event that is not a JSON object.", retryable=False
+        )
     return payload
 
 

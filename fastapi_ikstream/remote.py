@@ -85,6 +85,7 @@ __all__ = [
     "OnClose",
     "RemoteDeployment",
     "UpstreamEvent",
+    "default_body",
     "fal_close",
     "fal_event",
     "ikstream_event",

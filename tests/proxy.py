@@ -158,7 +158,7 @@ class CuttingProxy:
             relayed += len(piece)
             if size == 0:
                 return True
-            events += piece[len(size_line) :].count(b"\ndata: ")
+            events += (b"\n" + piece[len(size_line) :]).count(b"\ndata:")
             if (
                 stream
                 and self.cut_after is not None
