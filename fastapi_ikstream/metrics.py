@@ -82,7 +82,7 @@ class _SentCounts(Collector):
             events.add_metric([router], count)
         sent = CounterMetricFamily(
             "ikstream_sent_bytes",
-            "Bytes of events and keep-alives written to stream readers.",
+            "Bytes of events written to stream readers.",
             labels=["router"],
         )
         for router, count in list(self.sent_bytes.items()):
@@ -250,7 +250,7 @@ class PrometheusMetrics:
         self._open.labels(router).dec()
 
     def event_sent(self, router: str, nbytes: int) -> None:
-        """An event (or keep-alive) of ``nbytes`` bytes was written to a reader. Cheap."""
+        """An event of ``nbytes`` bytes was written to a reader. Cheap: plain int additions."""
         events = self._sent.events
         events[router] = events.get(router, 0) + 1
         sent = self._sent.sent_bytes

@@ -58,9 +58,7 @@ class UsageRecord(BaseModel):
     events_sent: int = Field(
         default=0, ge=0, description="Events written to readers, all connections counted."
     )
-    bytes_sent: int = Field(
-        default=0, ge=0, description="Bytes of events written to readers, keep-alives included."
-    )
+    bytes_sent: int = Field(default=0, ge=0, description="Bytes of events written to readers.")
     readers: int = Field(default=0, ge=0, description="Stream connections that read the run.")
     usage: dict[str, int | float | str] = Field(
         default_factory=dict,
