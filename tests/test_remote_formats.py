@@ -8,6 +8,8 @@ stream (seed 003: each event's data is the output so far; the stream's close is 
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -354,3 +356,34 @@ def test_default_body_sends_the_request_back_as_it_came():
         "task_name": "infer",
     }
     assert default_body(None, {}) == {"inputs": [], "parameters": {}}
+
+
+@pytest.mark.parametrize(
+    ("blocked", "module", "extra"),
+    [
+        ("httpx_sse", "fastapi_ikstream.remote", "remote"),
+        ("prometheus_client", "fastapi_ikstream.metrics", "metrics"),
+    ],
+)
+def test_a_missing_extra_names_the_extra_to_install(blocked, module, extra):
+    code = f"import sys; sys.modules[{blocked!r}] = None; import {module}"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode != 0
+    assert "MissingExtraError" in proc.stderr
+    assert f'pip install "fastapi-ikstream[{extra}]"' in proc.stderr
+
+
+def test_without_opentelemetry_spans_do_nothing():
+    code = (
+        "import sys, fastapi_ikstream\n"  # FastAPI itself imports opentelemetry here
+        "sys.modules['opentelemetry'] = None\n"
+        "from fastapi_ikstream.tracing import RunSpans\n"
+        "spans = RunSpans(); spans.start('gen', 'r_1'); spans.end('r_1', 'failed', 'x')\n"
+        "print(spans.enabled, spans.open_spans)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert proc.stdout.split() == ["False", "0"]
