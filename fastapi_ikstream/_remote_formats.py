@@ -7,9 +7,9 @@ before the update goes on: ``run_id`` (the upstream's id for the run, used to ca
 ``error`` (with ``status`` ``"failed"`` or ``"cancelled"``: a ``{"code", "message",
 "retryable"}`` mapping or a message).
 
-An update ends the run when it has ``results`` (``completed``) or a ``status`` of
-``"failed"`` or ``"cancelled"``; an upstream cancel the run did not ask for ends it ``failed``
-with code ``upstream_cancelled``.
+An update ends the run when it has ``results`` or a ``status`` of ``"completed"`` (the
+result, its results empty if none came), ``"failed"`` or ``"cancelled"``; an upstream cancel
+the run did not ask for ends it ``failed`` with code ``upstream_cancelled``.
 """
 
 from __future__ import annotations

@@ -386,6 +386,8 @@ class RemoteDeployment:
         if status in ("failed", "cancelled"):
             cursor.ended = True
             raise _failure(str(status), error)
+        if status == "completed" and update.get("results") is None:
+            update["results"] = []
         if update.get("results") is not None:
             cursor.ended = True
         return update

@@ -256,6 +256,27 @@ async def test_an_unreachable_upstream():
     assert (states[-2].error.code, states[-2].error.retryable) == ("upstream_unreachable", True)
 
 
+async def test_a_plain_map_event_function_and_a_completed_status(serve_app):
+    def map_event(event: UpstreamEvent) -> dict[str, Any] | None:
+        payload = event.json()
+        if payload.get("skip"):
+            return None
+        return {"status": "completed"} if payload.get("end") else {"progress": payload["n"]}
+
+    events = [{"n": 1}, {"skip": True}, {"n": 2}, {"end": True}, {"n": 3}]
+    with serve_app(fal_app(events)) as server:
+        states = await run_states(RemoteDeployment(server.url + "/stream", map_event=map_event))
+    assert [state.type.value for state in states] == [
+        "run",
+        "progress",
+        "progress",
+        "result",
+        "done",
+    ]
+    assert [state.progress.current for state in states[1:3] if state.progress] == [1, 2]
+    assert states[3].results == []
+
+
 def test_a_plain_map_event_function_is_accepted():
     deployment = RemoteDeployment("http://upstream/x", map_event=lambda event: None)
     assert deployment.mapping.map_event(UpstreamEvent("{}")) is None
