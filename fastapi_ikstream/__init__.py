@@ -21,6 +21,9 @@ from ._exceptions import RunNotFoundError as RunNotFoundError
 from ._exceptions import StoreError as StoreError
 from ._exceptions import StoreUnavailableError as StoreUnavailableError
 from ._exceptions import StreamConsumedError as StreamConsumedError
+from ._exceptions import UpstreamError as UpstreamError
+from ._exceptions import UpstreamIncompleteError as UpstreamIncompleteError
+from ._exceptions import UpstreamTimeoutError as UpstreamTimeoutError
 from ._memory import MemoryRunStore as MemoryRunStore
 from ._models import EventType as EventType
 from ._models import LogLine as LogLine
@@ -81,6 +84,9 @@ __all__ = [
     "StreamRouter",
     "StreamingRun",
     "Subscription",
+    "UpstreamError",
+    "UpstreamIncompleteError",
+    "UpstreamTimeoutError",
     "as_deployment",
     "create_router",
     "decode_image_input",

@@ -5,7 +5,10 @@ The tree, in the manner of httpx's ``_exceptions.py``::
     IKStreamError
     ├── StreamConsumedError (also RuntimeError)  a StreamingRun iterated twice
     ├── DeploymentError                          a deployment failed; its message is public
-    │   └── DeploymentTimeoutError (also TimeoutError)
+    │   ├── DeploymentTimeoutError (also TimeoutError)
+    │   └── UpstreamError                        an upstream API failed (``upstream_error``)
+    │       ├── UpstreamTimeoutError (also TimeoutError)   silent too long (``upstream_timeout``)
+    │       └── UpstreamIncompleteError          stream ended early (``upstream_incomplete``)
     ├── RunFailedError                           a run ended with a ``failed`` state
     ├── RunCancelledError                        a run ended with a ``cancelled`` state
     ├── MissingExtraError (also ImportError)     an optional dependency is not installed
@@ -36,6 +39,9 @@ __all__ = [
     "StoreError",
     "StoreUnavailableError",
     "StreamConsumedError",
+    "UpstreamError",
+    "UpstreamIncompleteError",
+    "UpstreamTimeoutError",
 ]
 
 
@@ -78,6 +84,62 @@ class DeploymentTimeoutError(DeploymentError, TimeoutError):
             f"The deployment did not finish within {seconds:g} s.", code="timeout", retryable=True
         )
         self.seconds = seconds
+
+
+class UpstreamError(DeploymentError):
+    """An upstream streaming API failed: an HTTP error status, no connection, a bad event.
+
+    Raised by `fastapi_ikstream.remote.RemoteDeployment`; the run ends ``failed`` with this
+    code (``upstream_error`` by default, ``upstream_unreachable`` when no connection could
+    be made).
+
+    Args:
+        message: public, one-line description (never the upstream's body or a secret).
+        code: the run error's code. Default ``"upstream_error"``.
+        status_code: the upstream's HTTP status, when it answered one. Default None.
+        retryable: whether sending the request again may work. Default: true for no status,
+            429 and 5xx; false for other statuses.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "upstream_error",
+        status_code: int | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        if retryable is None:
+            retryable = status_code is None or status_code == 429 or status_code >= 500
+        super().__init__(message, code=code, retryable=retryable)
+        self.status_code = status_code
+
+
+class UpstreamTimeoutError(UpstreamError, TimeoutError):
+    """The upstream sent nothing (not even a keep-alive) for ``seconds`` (``upstream_timeout``).
+
+    Args:
+        seconds: the inactivity timeout that ran out.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"The upstream sent nothing for {seconds:g} s.", code="upstream_timeout", retryable=True
+        )
+        self.seconds = seconds
+
+
+class UpstreamIncompleteError(UpstreamError):
+    """The upstream stream ended, and could not be resumed, before a terminal event.
+
+    The run ends ``failed`` with code ``upstream_incomplete`` (retryable).
+
+    Args:
+        message: public description. Default: the stream ended before the run did.
+    """
+
+    def __init__(self, message: str = "The upstream stream ended before the run did.") -> None:
+        super().__init__(message, code="upstream_incomplete", retryable=True)
 
 
 class RunFailedError(IKStreamError):

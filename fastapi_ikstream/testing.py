@@ -1,12 +1,16 @@
-"""Test helpers for users of fastapi-ikstream: a fake deployment to put behind a router.
+"""Test helpers for users of fastapi-ikstream: a fake deployment, a usage recorder.
+
+`FakeDeployment` goes behind a router; `RecordingUsage` is an ``on_usage`` callback that
+keeps the usage records it is given.
 
 Example::
 
-    from fastapi_ikstream.testing import FakeDeployment
+    from fastapi_ikstream.testing import FakeDeployment, RecordingUsage
 
     fake = FakeDeployment([{"state": "STARTED", "progress": {"current": 1, "total": 2}},
                            {"results": [{"DATA_DICT": {"ok": True}}]}])
     app.dependency_overrides[router.deployment_provider] = lambda: fake
+    usage = RecordingUsage()   # create_router(..., on_usage=usage), then usage.records
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from typing import Any
 
 from ._exceptions import DeploymentError
 from ._run import RunSource
+from .usage import UsageRecord
 
-__all__ = ["FakeCall", "FakeDeployment"]
+__all__ = ["FakeCall", "FakeDeployment", "RecordingUsage"]
 
 
 @dataclass
@@ -103,3 +108,58 @@ class FakeDeployment:
             raise
         finally:
             call.ended.set()
+
+
+class RecordingUsage:
+    """An ``on_usage`` callback that keeps every `UsageRecord` it is given; for tests.
+
+    Safe to call from any thread or event loop (a server in a thread runs its own), and to
+    wait on from another.
+
+    Example::
+
+        usage = RecordingUsage()
+        router = create_router(deployment, on_usage=usage)
+        ...
+        assert await usage.wait_for(3)
+        assert usage.duplicates() == []
+
+    Attributes:
+        records: every record, in the order received.
+    """
+
+    def __init__(self) -> None:
+        self.records: list[UsageRecord] = []
+        self._changed = threading.Condition()
+
+    async def __call__(self, record: UsageRecord) -> None:
+        """Keep ``record``."""
+        with self._changed:
+            self.records.append(record)
+            self._changed.notify_all()
+
+    def for_run(self, run_id: str) -> list[UsageRecord]:
+        """The records of one run (one, when each run was reported once)."""
+        with self._changed:
+            return [record for record in self.records if record.run_id == run_id]
+
+    def duplicates(self) -> list[str]:
+        """Run ids reported more than once, sorted."""
+        with self._changed:
+            seen: dict[str, int] = {}
+            for record in self.records:
+                seen[record.run_id] = seen.get(record.run_id, 0) + 1
+        return sorted(run_id for run_id, count in seen.items() if count > 1)
+
+    def _wait(self, count: int, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self.records) >= count, timeout)
+
+    async def wait_for(self, count: int, timeout: float = 5.0) -> bool:
+        """Wait up to ``timeout`` seconds until ``count`` records have come; True if they have.
+
+        Args:
+            count: the number of records to wait for.
+            timeout: seconds to wait at most. Default 5.0.
+        """
+        return await asyncio.to_thread(self._wait, count, timeout)

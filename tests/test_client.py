@@ -15,6 +15,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ikclient.core.io import ImageIO
 from PIL import Image
+from proxy import CuttingProxy
 from pydantic import BaseModel
 
 from fastapi_ikstream import (
@@ -685,43 +686,6 @@ async def test_without_a_resumable_server_a_dropped_stream_is_not_mixed_with_a_n
 # -- the router: real resume and cancel ------------------------------------------------------
 
 
-class CuttingProxy:
-    """A TCP proxy on 127.0.0.1 that breaks the first connection whose answer shows ``marker``."""
-
-    def __init__(self, upstream_port: int, marker: bytes) -> None:
-        self.upstream_port = upstream_port
-        self.marker = marker
-        self.cuts = 0
-        self.port = 0
-
-    async def __aenter__(self) -> "CuttingProxy":
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.server.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, watch: bool) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-                    if watch and self.cuts == 0 and self.marker in data:
-                        self.cuts += 1
-                        break
-            except OSError:
-                pass
-            finally:
-                writer.transport.abort()
-                up_writer.transport.abort()
-
-        await asyncio.gather(pump(reader, up_writer, False), pump(up_reader, writer, True))
-
-
 def router_app(delay: float = 0.05, steps: int = 4, **options: Any) -> tuple[FastAPI, list[str]]:
     events: list[str] = []
 
@@ -746,7 +710,7 @@ async def test_router_run_resumes_through_a_broken_connection(serve_app):
     with serve_app(app) as server:
         async with (
             asyncio.timeout(10),
-            CuttingProxy(server.config.port, b"event: progress\n") as proxy,
+            CuttingProxy(server.config.port, cut_after=2, max_cuts=1).running() as proxy,
             httpx.AsyncClient(timeout=TIMEOUT) as http,
         ):
             url = f"http://127.0.0.1:{proxy.port}/api/job/stream"

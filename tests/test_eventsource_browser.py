@@ -7,14 +7,13 @@ package's browser module, ``watchRun`` and ``streamRun``) must reconnect with
 """
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
+from proxy import CuttingProxy
 
 from fastapi_ikstream import create_router
 from fastapi_ikstream.testing import FakeDeployment
@@ -48,102 +47,6 @@ def paced() -> FakeDeployment:
     ]
     updates.append({"results": [{"DATA_DICT": {"ok": True}}]})
     return FakeDeployment(updates, delay=0.05)
-
-
-class CuttingProxy:
-    """Forwards HTTP/1.1 to the server; cuts an event stream after ``cut_after`` events.
-
-    It reads the chunked body chunk by chunk and cuts only between chunks (the server writes
-    whole events per chunk), so no event is ever half delivered. It waits ``pause`` seconds
-    before a cut: Chromium's ``fetch`` drops the bytes that arrive together with an aborted
-    connection's end, which a real network would not make a habit of.
-
-    Attributes:
-        requests: the head of every request, in order (lower-cased).
-        streams: how many event-stream responses it carried.
-        cuts: how many of them it cut.
-    """
-
-    def __init__(self, upstream_port: int, cut_after: int = 2, pause: float = 0.05) -> None:
-        self.upstream_port = upstream_port
-        self.cut_after = cut_after
-        self.pause = pause
-        self.requests: list[str] = []
-        self.streams = 0
-        self.cuts = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator["CuttingProxy"]:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        try:
-            yield self
-        finally:
-            self._server.close()
-            await self._server.wait_closed()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        requests = asyncio.create_task(self._requests(client_r, upstream_w))
-        try:
-            await self._responses(upstream_r, client_w)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            requests.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await requests
-            for writer in (client_w, upstream_w):
-                writer.close()
-                with contextlib.suppress(ConnectionError):
-                    await writer.wait_closed()
-
-    async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                text = head.decode("latin-1").lower()
-                self.requests.append(text)
-                length = 0
-                for line in text.split("\r\n"):
-                    if line.startswith("content-length:"):
-                        length = int(line.split(":", 1)[1])
-                writer.write(head + (await reader.readexactly(length) if length else b""))
-                await writer.drain()
-
-    async def _responses(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            writer.write(head)
-            text = head.decode("latin-1").lower()
-            stream = "content-type: text/event-stream" in text
-            self.streams += stream
-            if "transfer-encoding: chunked" in text:
-                events = 0
-                while True:
-                    size_line = await reader.readuntil(b"\r\n")
-                    size = int(size_line.split(b";")[0], 16)
-                    payload = await reader.readexactly(size + 2)
-                    writer.write(size_line + payload)
-                    await writer.drain()
-                    if size == 0:
-                        break
-                    events += payload.count(b"\ndata: ")
-                    if stream and events >= self.cut_after:
-                        self.cuts += 1
-                        await asyncio.sleep(self.pause)
-                        return
-            else:
-                for line in text.split("\r\n"):
-                    if line.startswith("content-length:"):
-                        writer.write(await reader.readexactly(int(line.split(":", 1)[1])))
-            await writer.drain()
 
 
 def check_events(got: list[dict[str, Any]], run_id: str | None = None) -> list[int]:
@@ -198,7 +101,7 @@ async def start_run(page: Any, base: str) -> dict[str, Any]:
 async def test_chromium_eventsource_resumes_through_dropped_connections(serve_app, browser):
     deployment = paced()
     with serve_app(make_app(deployment)) as server:
-        async with CuttingProxy(server.config.port).running() as proxy:
+        async with CuttingProxy(server.config.port, pause=0.05).running() as proxy:
             page = await browser.new_page()
             try:
                 await page.goto(proxy.url + "/page")
@@ -227,7 +130,7 @@ async def test_chromium_eventsource_resumes_through_dropped_connections(serve_ap
 async def test_chromium_eventsource_stops_on_the_204_after_done(serve_app, browser):
     deployment = FakeDeployment([{"state": "STARTED"}, {"results": []}])
     with serve_app(make_app(deployment)) as server:
-        async with CuttingProxy(server.config.port, cut_after=100).running() as proxy:
+        async with CuttingProxy(server.config.port, cut_after=100, pause=0.05).running() as proxy:
             page = await browser.new_page()
             try:
                 await page.goto(proxy.url + "/page")
@@ -275,7 +178,7 @@ async ([moduleUrl, streamUrl]) => {
 async def test_browser_module_watch_run_resumes_through_dropped_connections(serve_app, browser):
     deployment = paced()
     with serve_app(make_app(deployment)) as server:
-        async with CuttingProxy(server.config.port).running() as proxy:
+        async with CuttingProxy(server.config.port, pause=0.05).running() as proxy:
             page = await browser.new_page()
             try:
                 await page.goto(proxy.url + "/page")
@@ -295,7 +198,7 @@ async def test_browser_module_watch_run_resumes_through_dropped_connections(serv
 async def test_browser_module_stream_run_re_posts_with_last_event_id(serve_app, browser):
     deployment = paced()
     with serve_app(make_app(deployment)) as server:
-        async with CuttingProxy(server.config.port).running() as proxy:
+        async with CuttingProxy(server.config.port, pause=0.05).running() as proxy:
             page = await browser.new_page()
             try:
                 await page.goto(proxy.url + "/page")

@@ -12,16 +12,15 @@ installed by a session fixture when ``tests/node/node_modules`` is missing or st
 
 import asyncio
 import base64
-import contextlib
 import json
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from proxy import CuttingProxy
 
 from fastapi_ikstream import create_router
 from fastapi_ikstream.testing import FakeDeployment
@@ -82,107 +81,6 @@ def make_app(deployment: FakeDeployment) -> FastAPI:
     router = create_router(deployment, path="/gen", keep_alive=KEEP_ALIVE, retry=RETRY)
     app.include_router(router, prefix="/api")
     return app
-
-
-class CuttingProxy:
-    """Forwards HTTP/1.1 to the server and cuts each event stream after ``cut_after`` events.
-
-    It relays the chunked body chunk by chunk (the server writes whole events per chunk) and
-    cuts between chunks: the client gets complete events, then a body that ends early. A
-    chunk that carries ``done`` is never cut: the stream ends there anyway.
-
-    Attributes:
-        last_event_ids: the ``Last-Event-ID`` header of each request (None when absent).
-        cuts: how many streams it cut.
-    """
-
-    def __init__(self, upstream_port: int, cut_after: int = 2) -> None:
-        self.upstream_port = upstream_port
-        self.cut_after = cut_after
-        self.last_event_ids: list[str | None] = []
-        self.cuts = 0
-        self.url = ""
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._handlers: set[asyncio.Task[None]] = set()
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator["CuttingProxy"]:
-        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        try:
-            yield self
-        finally:
-            server.close()
-            for writer in list(self._writers):  # ends the handlers still relaying
-                writer.close()
-            await asyncio.gather(*self._handlers, return_exceptions=True)
-            await server.wait_closed()
-
-    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        self._writers.add(client_w)
-        upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        self._writers.add(upstream_w)
-        pipes = [
-            asyncio.create_task(self._requests(client_r, upstream_w)),
-            asyncio.create_task(self._responses(upstream_r, client_w)),
-        ]
-        try:
-            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for pipe in pipes:
-                pipe.cancel()
-            await asyncio.gather(*pipes, return_exceptions=True)
-            for writer in (client_w, upstream_w):
-                self._writers.discard(writer)
-                writer.close()
-                with contextlib.suppress(ConnectionError):
-                    await writer.wait_closed()
-            self._handlers.discard(task)
-
-    async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                fields = dict(
-                    line.split(":", 1)
-                    for line in head.decode("latin-1").lower().split("\r\n")[1:]
-                    if ":" in line
-                )
-                last_event_id = fields.get("last-event-id")
-                self.last_event_ids.append(None if last_event_id is None else last_event_id.strip())
-                length = int(fields.get("content-length", 0))
-                writer.write(head + (await reader.readexactly(length) if length else b""))
-                await writer.drain()
-
-    async def _responses(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                writer.write(head)
-                text = head.decode("latin-1").lower()
-                if "transfer-encoding: chunked" not in text:
-                    for line in text.split("\r\n"):
-                        if line.startswith("content-length:"):
-                            writer.write(await reader.readexactly(int(line.split(":", 1)[1])))
-                    await writer.drain()
-                    continue
-                stream = "content-type: text/event-stream" in text
-                events = 0
-                while True:
-                    size_line = await reader.readuntil(b"\r\n")
-                    size = int(size_line.split(b";")[0], 16)
-                    payload = await reader.readexactly(size + 2)
-                    writer.write(size_line + payload)
-                    await writer.drain()
-                    if size == 0:
-                        break
-                    events += payload.count(b"\ndata: ")
-                    if stream and events >= self.cut_after and b"event: done\n" not in payload:
-                        self.cuts += 1
-                        return
 
 
 # --- checks -------------------------------------------------------------------------------
@@ -316,7 +214,7 @@ async def test_eventsource_resumes_with_last_event_id_after_cuts(serve_app, node
     deployment = FakeDeployment(UPDATES, delay=DELAY)
     with serve_app(make_app(deployment)) as server:
         run_id = await start_detached(server.url)
-        async with CuttingProxy(server.config.port).running() as proxy:
+        async with CuttingProxy(server.config.port, spare_done=True).running() as proxy:
             url = f"{proxy.url}/api/gen/runs/{run_id}/events"
             seen = await run_node(node, "eventsource.mjs", {"url": url, "kinds": ALL_KINDS})
     assert seen["endedBy"] == "done"
@@ -371,7 +269,7 @@ async def test_fetch_event_source_sees_no_empty_event(serve_app, node):
 async def test_fetch_event_source_re_posts_and_resumes_the_same_run(serve_app, node):
     deployment = FakeDeployment(UPDATES, delay=DELAY)
     with serve_app(make_app(deployment)) as server:
-        async with CuttingProxy(server.config.port).running() as proxy:
+        async with CuttingProxy(server.config.port, spare_done=True).running() as proxy:
             config = {"url": f"{proxy.url}/api/gen/stream", "body": BODY}
             seen = await run_node(node, "fetch_event_source.mjs", config)
     events = check_events(message_items(seen))

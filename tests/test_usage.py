@@ -1,0 +1,89 @@
+"""`UsageRecord` and the `RecordingUsage` test double."""
+
+import asyncio
+import threading
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from pydantic import ValidationError
+
+from fastapi_ikstream import RunStatus
+from fastapi_ikstream.testing import RecordingUsage
+from fastapi_ikstream.usage import UsageRecord
+
+START = datetime(2026, 12, 1, 20, 0, tzinfo=UTC)
+
+
+def record(run_id: str = "r_1", **fields) -> UsageRecord:
+    values = {"router": "generate", "status": RunStatus.COMPLETED, **fields}
+    return UsageRecord.between(START, START + timedelta(seconds=4.25), run_id=run_id, **values)
+
+
+def test_a_record_round_trips_as_json():
+    original = record(
+        principal="user-42",
+        deployment="remote",
+        events_sent=31,
+        bytes_sent=48213,
+        readers=2,
+        usage={"gpu_seconds": 3.9, "output_tokens": 512},
+    )
+    assert original.run_seconds == 4.25
+    again = UsageRecord.model_validate_json(original.model_dump_json())
+    assert again == original
+    assert again.started_at.utcoffset() == timedelta(0)
+
+
+def test_times_must_be_aware_and_in_order():
+    with pytest.raises(ValidationError, match="ended_at is before started_at"):
+        UsageRecord.between(
+            START, START - timedelta(seconds=1), run_id="r", router="g", status="failed"
+        )
+    with pytest.raises(ValidationError, match="timezone"):
+        UsageRecord.between(
+            START.replace(tzinfo=None),
+            START.replace(tzinfo=None),
+            run_id="r",
+            router="g",
+            status="failed",
+        )
+    other_zone = START.astimezone(timezone(timedelta(hours=2)))
+    assert record().model_copy(update={"started_at": other_zone}).started_at == START
+
+
+def test_only_a_terminal_status_makes_a_record():
+    with pytest.raises(ValidationError, match="terminal status"):
+        record(status="running")
+    with pytest.raises(ValidationError):
+        record(events_sent=-1)
+    with pytest.raises(ValidationError):
+        record(extra_field=1)
+    assert record(status="cancelled", error_code="cancelled").error_code == "cancelled"
+
+
+def test_merged_usage_sums_numbers_and_replaces_the_rest():
+    merged = record(usage={"gpu_seconds": 1.5, "model": "a"}).merged_usage(
+        {"gpu_seconds": 2, "model": "b", "tokens": 7}
+    )
+    assert merged.usage == {"gpu_seconds": 3.5, "model": "b", "tokens": 7}
+
+
+async def test_recording_usage_collects_from_other_threads():
+    usage = RecordingUsage()
+
+    def report_in_another_loop() -> None:
+        asyncio.run(usage(record("r_2")))
+        asyncio.run(usage(record("r_3")))
+        asyncio.run(usage(record("r_2")))
+
+    async with asyncio.timeout(10):
+        waiting = asyncio.create_task(usage.wait_for(3))
+        await usage(record("r_1"))
+        thread = threading.Thread(target=report_in_another_loop)
+        thread.start()
+        assert await waiting
+        thread.join(5)
+        assert not await usage.wait_for(5, timeout=0.01)
+    assert [item.run_id for item in usage.records] == ["r_1", "r_2", "r_3", "r_2"]
+    assert len(usage.for_run("r_2")) == 2
+    assert usage.duplicates() == ["r_2"]
