@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from ._admission import Admission, Quotas
 from ._deployments import Deployment, as_deployment
+from ._exceptions import DeploymentError
 from ._endpoints import RouterCore
 from ._inputs import query_model_for, run_request_from_query
 from ._memory import MemoryRunStore
@@ -115,8 +116,15 @@ class RunProvider:
         else:
             inputs, parameters = payload, {}
         keep = self.include_inputs and isinstance(payload, RunRequest)
+        try:
+            source = as_deployment(deployment).open_run(inputs, parameters)
+        except DeploymentError as exc:  # refused before any run exists: nothing is held
+            raise HTTPException(
+                422 if exc.code == "invalid_input" else 502,
+                detail={"error": exc.code, "message": exc.message, "retryable": exc.retryable},
+            ) from exc
         return StreamingRun(
-            as_deployment(deployment).open_run(inputs, parameters),
+            source,
             run_id=new_run_id(),
             inputs=inputs if keep else None,
             include_inputs=self.include_inputs,
