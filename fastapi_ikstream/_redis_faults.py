@@ -14,6 +14,8 @@ Two kinds, told apart by what retrying would do:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Coroutine
@@ -23,7 +25,14 @@ from redis.exceptions import BusyLoadingError, RedisError, ResponseError
 
 from ._exceptions import StoreError, StoreUnavailableError
 
-__all__ = ["UNAVAILABLE_AFTER", "is_permanent", "refused", "translated", "unavailable"]
+__all__ = [
+    "UNAVAILABLE_AFTER",
+    "Health",
+    "is_permanent",
+    "refused",
+    "translated",
+    "unavailable",
+]
 
 logger = logging.getLogger("fastapi_ikstream")
 
@@ -34,6 +43,47 @@ with a ``retry:`` hint well within 5 s."""
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
+
+
+class Health:
+    """Whether this worker's Redis answers, as its last commands found.
+
+    Readers that hit a failure do not each probe Redis again (hundreds of them would queue
+    on the connection pool): they wait here until a command succeeds, or until Redis has
+    been failing for `UNAVAILABLE_AFTER` seconds, and then end their stream.
+    """
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+        self._back: asyncio.Event | None = None
+
+    def ok(self) -> None:
+        """A command succeeded: Redis is back; wake the waiting readers."""
+        if self.down_since is not None:
+            self.down_since = None
+            if self._back is not None:
+                self._back.set()
+                self._back = None
+
+    def failed(self) -> None:
+        """A command failed for a transient reason."""
+        if self.down_since is None:
+            self.down_since = asyncio.get_running_loop().time()
+
+    def down_for(self) -> float:
+        """Seconds Redis has been failing (0 when it answers)."""
+        if self.down_since is None:
+            return 0.0
+        return asyncio.get_running_loop().time() - self.down_since
+
+    async def wait_back(self, timeout: float) -> None:
+        """Wait until a command succeeds, at most ``timeout`` seconds."""
+        if self.down_since is None or timeout <= 0:
+            return
+        if self._back is None:
+            self._back = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._back.wait(), timeout)
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -57,19 +107,28 @@ _Method = Callable[_P, Coroutine[Any, Any, _T]]
 
 
 def translated(what: str) -> Callable[[_Method[_P, _T]], _Method[_P, _T]]:
-    """Make an async store method raise `StoreUnavailableError`/`StoreError` only."""
+    """Make an async store method raise `StoreUnavailableError`/`StoreError` only.
+
+    A success or a transient failure is also reported to the store's ``health``.
+    """
 
     def decorate(method: _Method[_P, _T]) -> _Method[_P, _T]:
         @functools.wraps(method)
         async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+            health: Health | None = getattr(args[0], "health", None) if args else None
             try:
-                return await method(*args, **kwargs)
+                result = await method(*args, **kwargs)
             except StoreError:
                 raise
             except (RedisError, OSError) as exc:
                 if is_permanent(exc):
                     raise refused(exc, what) from None
+                if health is not None:
+                    health.failed()
                 raise unavailable(exc, what) from None
+            if health is not None:
+                health.ok()
+            return result
 
         return wrapper
 

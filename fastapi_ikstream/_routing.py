@@ -27,8 +27,8 @@ from pydantic import BaseModel
 
 from ._admission import Admission, Quotas
 from ._deployments import Deployment, as_deployment
-from ._exceptions import DeploymentError
 from ._endpoints import RouterCore
+from ._exceptions import DeploymentError
 from ._inputs import query_model_for, run_request_from_query
 from ._memory import MemoryRunStore
 from ._models import RunState

@@ -58,7 +58,14 @@ try:
 except ImportError as exc:
     raise MissingExtraError("redis", "fastapi_ikstream.redis") from exc
 
-from ._redis_faults import UNAVAILABLE_AFTER, is_permanent, refused, translated, unavailable
+from ._redis_faults import (
+    UNAVAILABLE_AFTER,
+    Health,
+    is_permanent,
+    refused,
+    translated,
+    unavailable,
+)
 
 __all__ = ["ORPHANED_MESSAGE", "RedisRunStore", "RedisRunSubscription"]
 
@@ -447,6 +454,7 @@ class RedisRunStore(RunStore):
         self._wake_writer: asyncio.Event | None = None
         self._shas: dict[str, str] = {}
         self._subscriptions: weakref.WeakSet[RedisRunSubscription] = weakref.WeakSet()
+        self.health = Health()
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -778,6 +786,9 @@ class RedisRunStore(RunStore):
         result: _T = await asyncio.shield(task)
         return result
 
+    async def _ping(self) -> None:
+        await self.client.ping()
+
     async def _peek(self, run_id: str) -> _Peek | None:
         return await self._shared(f"peek:{run_id}", lambda: self._peek_now(run_id))
 
@@ -1039,9 +1050,13 @@ class _SharedReader:
                     reply = await conn.read_response(timeout=_BLOCK_SECONDS + 5.0)
                 finally:
                     self.in_flight = False
+                self.store.health.ok()
             except Exception as exc:
                 logger.warning("run store: the shared Redis reader failed (%s); reconnecting", exc)
-                self._fail_readers(drop=is_permanent(exc))
+                permanent = is_permanent(exc)
+                if not permanent:
+                    self.store.health.failed()
+                self._fail_readers(drop=permanent)
                 await self._disconnect()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -1054,12 +1069,15 @@ class _SharedReader:
                     logger.exception("run store: could not read events from Redis")
 
     def _fail_readers(self, *, drop: bool) -> None:
-        """Make every reader check Redis on its own (and leave, on a permanent error)."""
+        """Wake every reader: each rides the outage out, or leaves on a permanent error.
+
+        See ``RedisRunSubscription._ride_out``; a reader that leaves reads Redis on its own.
+        """
         for subs in list(self.subs.values()):
             for sub in list(subs):
                 if drop:
                     self.unregister(sub)
-                sub.need_range = True
+                    sub.need_range = True
                 sub.wake(True)
 
     def _dispatch(self, reply: Any) -> None:
@@ -1114,7 +1132,6 @@ class RedisRunSubscription(Subscription):
     __slots__ = (
         "_closed",
         "_ended",
-        "_failing_since",
         "_queue",
         "_store",
         "_waiter",
@@ -1134,7 +1151,6 @@ class RedisRunSubscription(Subscription):
         self._ended = False
         self._closed = False
         self._waiter: asyncio.Future[bool] | None = None
-        self._failing_since: float | None = None
 
     def push(self, events: list[StoredEvent]) -> None:
         """Take events from the shared reader (drops them all and reads alone on overflow)."""
@@ -1175,6 +1191,7 @@ class RedisRunSubscription(Subscription):
     async def _read_range(self) -> list[StoredEvent] | None:
         store = self._store
         meta, events = await store._range(self.run_id, self.cursor, _CATCH_UP_COUNT)
+        store.health.ok()
         if meta is None:
             return None
         out: list[StoredEvent] = []
@@ -1243,6 +1260,7 @@ class RedisRunSubscription(Subscription):
         """Re-check the meta hash after a quiet wait: None if the run ended or is gone."""
         store = self._store
         peek = await store._peek(self.run_id)
+        store.health.ok()
         if peek is None or (peek.finished and peek.last_seq <= self.cursor):
             return None
         if peek.last_seq > self.cursor:  # a notification was lost or is late: read
@@ -1261,14 +1279,16 @@ class RedisRunSubscription(Subscription):
         await store._ensure_started()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + max(0.0, timeout)
-        backoff = 0.05
         while store._started and not self._closed:
             try:
+                if store.health.down_since is not None:
+                    if not await self._ride_out(deadline):
+                        return []  # a keep-alive while Redis is away
+                    continue
                 batch = await self._collect()
                 if batch is None:
                     break
                 if batch:
-                    self._failing_since = None
                     if batch[-1].type == EventType.DONE.value:
                         self._end()
                     return batch
@@ -1280,7 +1300,6 @@ class RedisRunSubscription(Subscription):
                 if self._closed or not store._started:
                     break
                 found = await self._check()
-                self._failing_since = None
                 if found is None:
                     break
                 if found:
@@ -1289,20 +1308,47 @@ class RedisRunSubscription(Subscription):
                 if is_permanent(exc):
                     self._end()
                     raise refused(exc, f"reading run {self.run_id}") from None
-                now = loop.time()
-                if self._failing_since is None:
-                    self._failing_since = now
-                if now - self._failing_since >= UNAVAILABLE_AFTER:
-                    self._end()
-                    raise unavailable(exc, f"reading run {self.run_id}") from None
                 logger.info("run %s: reading it from Redis failed: %s", self.run_id, exc)
-                pause = backoff if deadline is None else min(backoff, deadline - loop.time())
-                await asyncio.sleep(max(0.0, pause))
-                backoff = min(backoff * 2, 0.5)
+                store.health.failed()  # the loop rides the outage out, or ends the stream
             if deadline is not None and loop.time() >= deadline:
                 return []
         self._end()
         return None
+
+    async def _ride_out(self, deadline: float | None) -> bool:
+        """Wait while Redis fails; end the stream after `UNAVAILABLE_AFTER` seconds of it.
+
+        Readers do not probe Redis here: the shared reader does, and one PING shared by
+        all of them confirms the outage before their streams end.
+
+        Returns:
+            True once Redis answers again (the reader then reads from its cursor); False
+            if ``deadline`` came first.
+
+        Raises:
+            StoreUnavailableError: Redis has been failing for too long.
+        """
+        store = self._store
+        health = store.health
+        loop = asyncio.get_running_loop()
+        while health.down_since is not None and not self._closed:
+            wait = UNAVAILABLE_AFTER - health.down_for()
+            if wait <= 0:
+                try:
+                    await store._shared("ping", store._ping)
+                except (RedisError, OSError) as exc:
+                    health.failed()
+                    self._end()
+                    raise unavailable(exc, f"reading run {self.run_id}") from None
+                health.ok()
+                break
+            if deadline is not None:
+                if loop.time() >= deadline:
+                    return False
+                wait = min(wait, deadline - loop.time())
+            await health.wait_back(wait)
+        self.need_range = True
+        return True
 
     async def aclose(self) -> None:
         """Leave the shared reader."""

@@ -68,15 +68,21 @@ class Tracebacks(logging.Handler):
             self.records.append(record)
 
 
+_LOGGERS = ("", "uvicorn", "uvicorn.error", "asyncio", "fastapi_ikstream")
+
+
 @contextlib.contextmanager
 def collect_tracebacks() -> Iterator[Tracebacks]:
+    """Collect tracebacks logged anywhere; enter it after uvicorn configured its logging
+    (``uvicorn`` does not propagate to the root logger)."""
     handler = Tracebacks()
-    root = logging.getLogger()
-    root.addHandler(handler)
+    for name in _LOGGERS:
+        logging.getLogger(name).addHandler(handler)
     try:
         yield handler
     finally:
-        root.removeHandler(handler)
+        for name in _LOGGERS:
+            logging.getLogger(name).removeHandler(handler)
 
 
 def start_redis_on(port: int, timeout: float = 10.0) -> RedisServer:

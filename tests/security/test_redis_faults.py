@@ -1,0 +1,211 @@
+"""Redis faults under a real uvicorn: redis-server killed by pid mid-run, then restarted.
+
+What is promised: no 500, a 503 JSON with code ``store_unavailable`` and no address,
+every open stream ends within 5 s with a ``retry:`` hint (it does not end with ``done``,
+so clients reconnect), no unhandled traceback in any log, and new runs succeed within 5 s
+of Redis's return, without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from attack_kit import collect_tracebacks, kill_redis, slow_job, start_redis_on
+from conftest import free_port, serve
+from fastapi import FastAPI
+from redis_server import RedisServer
+
+from fastapi_ikstream import (
+    EventType,
+    RunState,
+    RunStatus,
+    StoreError,
+    StoreUnavailableError,
+    create_router,
+)
+from fastapi_ikstream.redis import RedisRunStore
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
+
+STREAMS = 50
+
+
+@pytest.fixture
+def redis_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def redis_server(redis_port: int) -> Iterator[RedisServer]:
+    server = start_redis_on(redis_port)
+    try:
+        yield server
+    finally:
+        kill_redis(server)
+
+
+def app_on(url: str) -> FastAPI:
+    store = RedisRunStore(url, prefix=f"f{uuid.uuid4().hex[:8]}:")
+    app = FastAPI()
+    app.include_router(create_router(slow_job, path="/job", store=store, keep_alive=1.0))
+    return app
+
+
+def assert_store_unavailable(response: httpx.Response, port: int) -> None:
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["detail"]["error"] == "store_unavailable"
+    assert int(response.headers["retry-after"]) >= 1
+    everything = response.text + repr(dict(response.headers))
+    assert str(port) not in everything
+    assert "127.0.0.1" not in everything
+
+
+async def stream_until_end(http: httpx.AsyncClient, streaming: list[int]) -> tuple[bytes, float]:
+    """Stream a long run; count in at its first progress event. Returns (bytes, end time)."""
+    body = bytearray()
+    counted = False
+    async with http.stream("POST", "/job/stream", json={"parameters": {"steps": 400}}) as response:
+        assert response.status_code == 200, await response.aread()
+        async for chunk in response.aiter_raw():
+            body.extend(chunk)
+            if not counted and b"event: progress" in body:
+                counted = True
+                streaming[0] += 1
+    return bytes(body), time.monotonic()
+
+
+async def test_redis_killed_mid_run_then_restarted(
+    redis_server: RedisServer, redis_port: int
+) -> None:
+    with serve(app_on(redis_server.url)) as server, collect_tracebacks() as tracebacks:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        async with (
+            httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as http,
+            asyncio.timeout(90),
+        ):
+            created = await http.post("/job/runs", json={"parameters": {"steps": 400}})
+            assert created.status_code == 201
+            run_id = created.json()["run_id"]
+            streaming = [0]
+            tasks = [asyncio.create_task(stream_until_end(http, streaming)) for _ in range(STREAMS)]
+            while streaming[0] < STREAMS:  # noqa: ASYNC110 - a count, polled
+                await asyncio.sleep(0.05)
+
+            kill_redis(redis_server)
+            killed_at = time.monotonic()
+            results = await asyncio.gather(*tasks)
+            ends = sorted(ended_at - killed_at for _, ended_at in results)
+            print(f"{STREAMS} streams ended {ends[0]:.2f}-{ends[-1]:.2f} s after the kill")
+            assert ends[-1] < 5.0
+            for body, _ in results:
+                tail = body.rsplit(b"\n\n", 1)[-1]
+                assert b"retry: 3000\n" in tail, tail  # the hint, after the last event
+                assert b"event: done" not in body
+
+            for method, path in (
+                ("GET", f"/job/runs/{run_id}"),
+                ("DELETE", f"/job/runs/{run_id}"),
+                ("GET", f"/job/runs/{run_id}/events"),
+                ("POST", "/job/runs"),
+                ("POST", "/job/stream"),
+                ("POST", "/job"),
+            ):
+                kwargs: dict[str, Any] = {"json": {}} if method == "POST" else {}
+                response = await http.request(method, path, **kwargs)
+                assert_store_unavailable(response, redis_port)
+
+            restarted = start_redis_on(redis_port)
+            back_at = time.monotonic()
+            try:
+                while True:
+                    again = await http.post("/job", json={"parameters": {"steps": 1}})
+                    if again.status_code == 200:
+                        break
+                    assert_store_unavailable(again, redis_port)
+                    assert time.monotonic() - back_at < 5.0
+                    await asyncio.sleep(0.1)
+                recovered = time.monotonic() - back_at
+                print(f"a new run completed {recovered:.2f} s after Redis came back")
+                assert again.json()["status"] == "completed"
+                assert recovered < 5.0
+            finally:
+                kill_redis(restarted)
+    assert tracebacks.records == [], [r.getMessage() for r in tracebacks.records]
+
+
+# --- cursors at the edge of 64 bits, permanent errors -----------------------------------
+
+
+def state(run_id: str, seq: int, type_: EventType = EventType.PROGRESS) -> RunState:
+    status = RunStatus.RECEIVED if seq == 1 else RunStatus.RUNNING
+    if type_ is EventType.DONE:
+        status = RunStatus.COMPLETED
+    return RunState(type=type_, run_id=run_id, seq=seq, status=status)
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer) -> Any:
+    made = RedisRunStore(redis_server.url, prefix=f"c{uuid.uuid4().hex[:8]}:")
+    await made.start()
+    yield made
+    await made.aclose()
+
+
+@pytest.mark.parametrize("cursor", [2**63 - 1, 2**63, 2**64 - 1, 2**64, 10**30])
+async def test_a_huge_cursor_on_a_running_run_ends_with_the_run(
+    store: RedisRunStore, cursor: int
+) -> None:
+    run_id = f"r_{uuid.uuid4().hex[:8]}"
+    await store.create_run(run_id, principal=None)
+    store.append(state(run_id, 1, EventType.RUN))
+    await store.flush(run_id)
+    subscription = store.subscribe(run_id, cursor)
+    async with asyncio.timeout(10):
+        first = await subscription.next_batch(0.3)
+        assert first == []  # nothing after such a cursor, and no error either
+        store.append(state(run_id, 2))
+        store.append(state(run_id, 3, EventType.DONE))
+        await store.flush(run_id)
+        while (batch := await subscription.next_batch(0.3)) is not None:
+            assert batch == []
+    await subscription.aclose()
+
+
+async def test_a_permanent_redis_error_ends_the_read_at_once(store: RedisRunStore) -> None:
+    run_id = f"r_{uuid.uuid4().hex[:8]}"
+    await store.create_run(run_id, principal=None)
+    store.append(state(run_id, 1, EventType.RUN))
+    await store.flush(run_id)
+    # the run's stream key now holds a string: every XRANGE answers WRONGTYPE
+    await store.client.delete(f"{store.prefix}run:{run_id}")
+    await store.client.set(f"{store.prefix}run:{run_id}", "not a stream")
+    subscription = store.subscribe(run_id, 0)
+    async with asyncio.timeout(5):
+        with pytest.raises(StoreError) as refused:
+            await subscription.next_batch(1.0)
+    assert not isinstance(refused.value, StoreUnavailableError)
+    assert "WRONGTYPE" not in str(refused.value)
+
+
+async def test_huge_cursors_over_http_with_redis(redis_server: RedisServer) -> None:
+    with serve(app_on(redis_server.url)) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            created = await http.post("/job/runs", json={"parameters": {"steps": 10}})
+            run_id = created.json()["run_id"]
+            async with asyncio.timeout(15):
+                huge = {"Last-Event-ID": f"{run_id}:{2**64 - 1}"}
+                response = await http.get(f"/job/runs/{run_id}/events", headers=huge)
+                # not a cursor the server sent: read as malformed, the run is sent whole
+                assert response.status_code == 200
+                assert response.text.count("event: done") == 1
+                too_far = await http.get(
+                    f"/job/runs/{run_id}/events", params={"after_seq": 2**64 - 1}
+                )
+                assert too_far.status_code == 422
