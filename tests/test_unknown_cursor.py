@@ -24,7 +24,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from httpx_sse import aconnect_sse
-from test_npm_clients import node, run_node  # noqa: F401  (node is a fixture)
+from test_npm_clients import run_node
 
 from fastapi_ikstream import create_router
 from fastapi_ikstream.client import StreamResumeError, aconnect_states
@@ -275,7 +275,7 @@ async def test_chromium_eventsource_stops_on_a_cursor_for_an_unknown_run(serve_a
 # --- npm clients -----------------------------------------------------------------------------
 
 
-async def test_npm_eventsource_stops_on_a_cursor_for_an_unknown_run(serve_app, node):  # noqa: F811
+async def test_npm_eventsource_stops_on_a_cursor_for_an_unknown_run(serve_app, node):
     async with restarted(serve_app) as restart:
         url = f"{restart.proxy.url}/api/gen/stream?prompt=a+cat"
         seen = await run_node(node, "eventsource.mjs", {"url": url, "kinds": KINDS})
@@ -287,7 +287,7 @@ async def test_npm_eventsource_stops_on_a_cursor_for_an_unknown_run(serve_app, n
     ]
 
 
-async def test_eventsource_parser_stops_on_a_cursor_for_an_unknown_run(serve_app, node):  # noqa: F811
+async def test_eventsource_parser_stops_on_a_cursor_for_an_unknown_run(serve_app, node):
     async with restarted(serve_app) as restart:
         config = {"client": "parser", "url": f"{restart.proxy.url}/api/gen/stream", "body": BODY}
         seen = await run_node(node, "resume_clients.mjs", config)
@@ -301,7 +301,7 @@ async def test_eventsource_parser_stops_on_a_cursor_for_an_unknown_run(serve_app
     assert restart.recorder.streams()[0]["method"] == "POST"
 
 
-async def test_fetch_event_source_stops_on_a_cursor_for_an_unknown_run(serve_app, node):  # noqa: F811
+async def test_fetch_event_source_stops_on_a_cursor_for_an_unknown_run(serve_app, node):
     async with restarted(serve_app) as restart:
         config = {"client": "fes", "url": f"{restart.proxy.url}/api/gen/stream", "body": BODY}
         seen = await run_node(node, "resume_clients.mjs", config)
