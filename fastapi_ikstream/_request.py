@@ -7,7 +7,7 @@ import binascii
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["RunQuery", "RunRequest", "decode_image_input"]
 
@@ -83,6 +83,14 @@ class RunQuery(BaseModel):
 
     inputs: list[ImageString] = Field(default_factory=list, max_length=16)
     task_name: str | None = Field(default=None, max_length=200)
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _drop_empty_items(cls, value: Any) -> Any:
+        """``?inputs=`` is how an empty list looks in a query string: read it as ``[]``."""
+        if isinstance(value, list):
+            return [item for item in value if item != ""]
+        return value
 
 
 def decode_image_input(value: str | dict[str, Any]) -> bytes | str:

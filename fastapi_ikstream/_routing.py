@@ -154,7 +154,9 @@ class StreamRouter(APIRouter):
 
 def _check_timing(on_disconnect: str, reconnect_grace: float, retry: int | None) -> None:
     """A client that obeys ``retry:`` must find its run still there when it comes back."""
-    if on_disconnect == "cancel" and retry is not None and reconnect_grace * 1000 <= retry:
+    if on_disconnect != "cancel" or retry is None or reconnect_grace == 0:
+        return  # 0 is the explicit choice to cancel at once (attached runs cannot resume)
+    if reconnect_grace * 1000 <= retry:
         raise ValueError(
             f"reconnect_grace ({reconnect_grace} s) must be longer than the retry delay "
             f"({retry} ms): a client that waits the retry delay would find its run cancelled"
@@ -260,7 +262,8 @@ def create_router(
             finish in the store).
         reconnect_grace: seconds an attached run waits for a reader to come back; must be
             longer than ``retry`` (a client waits that long before reconnecting, then adds
-            its own jitter). Default 30.0.
+            its own jitter), or 0 to cancel an attached run as soon as its reader leaves (it
+            cannot be resumed then). Default 30.0.
         drain_timeout: seconds runs may take to finish at shutdown. Default 5.0.
         timeout: seconds a deployment may run. Default 3600.0.
         max_body_size: bytes a request body may have (413 beyond). Default 10 MiB.
@@ -277,7 +280,7 @@ def create_router(
 
     Raises:
         TypeError: ``deployment`` is not a deployment.
-        ValueError: ``reconnect_grace`` is not longer than ``retry`` with
+        ValueError: ``reconnect_grace`` is above 0 but not longer than ``retry`` with
             ``on_disconnect="cancel"``; an unparsable limit.
     """
     _check_timing(on_disconnect, reconnect_grace, retry)

@@ -1305,6 +1305,11 @@ class RedisRunSubscription(Subscription):
                 if found:
                     continue
             except (RedisError, OSError) as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # redis-py may turn a cancellation into a connection error: the stream
+                    # was stopped (a shutdown, a disconnect), so stop, do not retry
+                    raise asyncio.CancelledError from exc
                 if is_permanent(exc):
                     self._end()
                     raise refused(exc, f"reading run {self.run_id}") from None

@@ -306,6 +306,12 @@ async def test_get_stream_query_string_for_the_default_model():
         ]
         response = await client.get("/v2/detect/stream", params={"inputs": "not base64!"})
         assert response.status_code == 422
+        # an empty ``inputs=`` is how an empty list looks in a query string
+        response = await client.get("/v2/detect/stream?inputs=")
+        assert response.status_code == 200
+        assert sse_events(response.text)[-2]["results"] == [
+            {"DATA_DICT": {"inputs": 0, "parameters": {}}}
+        ]
 
 
 async def test_method_not_allowed_lists_every_method_of_the_path():
