@@ -22,7 +22,7 @@ import pytest
 from fastapi import FastAPI
 from proxy import CuttingProxy
 
-from fastapi_ikstream import create_router
+from fastapi_ikstream import GeneratorDeployment, create_router
 from fastapi_ikstream.testing import FakeDeployment
 
 pytestmark = pytest.mark.timeout(60)
@@ -210,11 +210,41 @@ async def test_eventsource_gets_every_event_of_a_detached_run(serve_app, node):
     check_complete_run(events)
 
 
+class GatedUpdates:
+    """The updates of `UPDATES`, each sent once the reader is on a given connection.
+
+    The proxy cuts each stream after two events; gating the updates on the proxy's count of
+    streams makes the cuts fall where the test says, whatever the machine's speed: updates
+    0 on the 1st connection, 1-2 on the 2nd, 3-4 on the 3rd.
+    """
+
+    CONNECTION = (1, 2, 2, 3, 3)
+
+    def __init__(self) -> None:
+        self.proxy: CuttingProxy | None = None
+        self.calls = 0
+
+    async def __call__(self, inputs: Any, parameters: Any) -> Any:
+        self.calls += 1
+        for update, connection in zip(UPDATES, self.CONNECTION, strict=True):
+            # the proxy runs on the test's loop, the deployment on the server's: poll
+            while self.proxy is None or self.proxy.streams < connection:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(DELAY)
+            yield update
+
+
 async def test_eventsource_resumes_with_last_event_id_after_cuts(serve_app, node):
-    deployment = FakeDeployment(UPDATES, delay=DELAY)
-    with serve_app(make_app(deployment)) as server:
+    gated = GatedUpdates()
+    app = FastAPI()
+    router = create_router(
+        GeneratorDeployment(gated), path="/gen", keep_alive=KEEP_ALIVE, retry=RETRY
+    )
+    app.include_router(router, prefix="/api")
+    with serve_app(app) as server:
         run_id = await start_detached(server.url)
         async with CuttingProxy(server.config.port, spare_done=True).running() as proxy:
+            gated.proxy = proxy
             url = f"{proxy.url}/api/gen/runs/{run_id}/events"
             seen = await run_node(node, "eventsource.mjs", {"url": url, "kinds": ALL_KINDS})
     assert seen["endedBy"] == "done"
@@ -225,7 +255,7 @@ async def test_eventsource_resumes_with_last_event_id_after_cuts(serve_app, node
     assert [error["readyState"] for error in seen["errors"]] == [0] * proxy.cuts
     assert len(check_reconnects(seen["requests"], run_id)) == proxy.cuts + 1
     assert proxy.last_event_ids == [request["lastEventId"] for request in seen["requests"]]
-    assert len(deployment.calls) == 1
+    assert gated.calls == 1
 
 
 async def test_eventsource_reconnecting_after_done_gets_204_and_stops(serve_app, node):
