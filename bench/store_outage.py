@@ -1,9 +1,11 @@
 """Redis killed for 10 s under 200 open streams: what clients see, measured.
 
-The server runs in its own process (``uvicorn``, one worker, the Redis run store); this
-process opens the streams, ``kill -9``s redis-server by pid, probes the endpoints while it
-is away, starts it again on the same port after 10 s, and times the first new run. The
-server's stderr is scanned for tracebacks. Run it with ``python -m bench.store_outage``.
+Each run reports progress twice a second (a client reading 200 faster streams falls
+behind them, and would time its own backlog). The server runs in its own process
+(``uvicorn``, one worker, the Redis run store); this process opens the streams,
+``kill -9``s redis-server by pid, probes the endpoints while it is away, starts it again
+on the same port after 10 s, and times the first new run. The server's stderr is scanned
+for tracebacks. Run it with ``python -m bench.store_outage``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ async def job(inputs, parameters, on_progress):
     steps = int(parameters.get("steps", 2))
     for step in range(steps):
         on_progress(state="STARTED", progress={"current": step, "total": steps})
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(float(parameters.get("delay", 0.05)))
     return [{"DATA_DICT": {"steps": steps}}]
 
 app = FastAPI()
@@ -54,7 +56,8 @@ def free_port() -> int:
 async def stream(http: httpx.AsyncClient, ready: list[int]) -> tuple[bytes, float]:
     body = bytearray()
     counted = False
-    async with http.stream("POST", "/job/stream", json={"parameters": {"steps": 2000}}) as resp:
+    run = {"parameters": {"steps": 2000, "delay": 0.5}}  # 2 progress events a second
+    async with http.stream("POST", "/job/stream", json=run) as resp:
         async for chunk in resp.aiter_raw():
             body.extend(chunk)
             if not counted and b"event: progress" in body:
@@ -147,7 +150,11 @@ def main() -> None:
                 report = asyncio.run(measure(base, redis_port, server, args.streams, args.outage))
             finally:
                 proc.terminate()
-                proc.wait(10)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
         text = log.read_text()
         report["server_tracebacks"] = text.count("Traceback")
     print(json.dumps(report, indent=2))
