@@ -336,7 +336,12 @@ def create_app(
             for name, path in SAMPLES.items()
         ]
 
-    @app.get("/api/samples/{name}", tags=["demo"], response_class=Response)
+    @app.get(
+        "/api/samples/{name}",
+        tags=["demo"],
+        response_class=Response,
+        responses={404: {"description": "No such sample."}},
+    )
     async def sample(name: str, thumb: Annotated[bool, Query()] = False) -> Response:
         """One sample photograph (``?thumb=true``: a JPEG at most 160 px on a side)."""
         path = SAMPLES.get(name)

@@ -26,6 +26,7 @@ from redis.exceptions import BusyLoadingError, RedisError, ResponseError
 from ._exceptions import StoreError, StoreUnavailableError
 
 __all__ = [
+    "PROBE_INTERVAL",
     "UNAVAILABLE_AFTER",
     "Health",
     "is_permanent",
@@ -41,6 +42,9 @@ UNAVAILABLE_AFTER = 2.0
 ``docs/concepts/security.md``): short outages are ridden out, long ones end the stream
 with a ``retry:`` hint well within 5 s."""
 
+PROBE_INTERVAL = 1.0
+"""Seconds after a failure during which store calls fail without trying Redis."""
+
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -50,25 +54,37 @@ class Health:
 
     Readers that hit a failure do not each probe Redis again (hundreds of them would queue
     on the connection pool): they wait here until a command succeeds, or until Redis has
-    been failing for `UNAVAILABLE_AFTER` seconds, and then end their stream.
+    been failing for `UNAVAILABLE_AFTER` seconds, and then end their stream. Within
+    `PROBE_INTERVAL` seconds of a failure, store calls fail at once without I/O (a circuit
+    breaker); the next call after that probes Redis again.
     """
 
     def __init__(self) -> None:
         self.down_since: float | None = None
+        self.failed_at: float | None = None
         self._back: asyncio.Event | None = None
 
     def ok(self) -> None:
         """A command succeeded: Redis is back; wake the waiting readers."""
         if self.down_since is not None:
-            self.down_since = None
+            self.down_since = self.failed_at = None
             if self._back is not None:
                 self._back.set()
                 self._back = None
 
     def failed(self) -> None:
         """A command failed for a transient reason."""
+        now = asyncio.get_running_loop().time()
+        self.failed_at = now
         if self.down_since is None:
-            self.down_since = asyncio.get_running_loop().time()
+            self.down_since = now
+
+    def recently_failed(self) -> bool:
+        """A command failed less than `PROBE_INTERVAL` seconds ago (and none succeeded)."""
+        failed_at = self.failed_at
+        if failed_at is None:
+            return False
+        return asyncio.get_running_loop().time() - failed_at < PROBE_INTERVAL
 
     def down_for(self) -> float:
         """Seconds Redis has been failing (0 when it answers)."""
@@ -116,6 +132,8 @@ def translated(what: str) -> Callable[[_Method[_P, _T]], _Method[_P, _T]]:
         @functools.wraps(method)
         async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
             health: Health | None = getattr(args[0], "health", None) if args else None
+            if health is not None and health.recently_failed():
+                raise StoreUnavailableError()  # logged when it failed; no I/O meanwhile
             try:
                 result = await method(*args, **kwargs)
             except StoreError:

@@ -316,6 +316,10 @@ def create_router(
             yield
         finally:
             await manager.aclose()
+            # the limits this router made hold Redis connections: close them
+            for made in (limiter if isinstance(rate_limit, str) else None, concurrency):
+                if made is not None:
+                    await made.aclose()
 
     router = StreamRouter(
         tags=list(tags) if tags else None,

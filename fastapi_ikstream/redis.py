@@ -46,7 +46,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ._cursor import MAX_SEQ
-from ._exceptions import MissingExtraError, QuotaExceededError, RunNotFoundError, StoreError
+from ._exceptions import (
+    MissingExtraError,
+    QuotaExceededError,
+    RunNotFoundError,
+    StoreError,
+    StoreUnavailableError,
+)
 from ._models import EventType, RunError, RunState, RunStatus
 from ._store import CancelHandler, RunInfo, RunStore, StoredEvent, Subscription, reset_event
 
@@ -1339,6 +1345,9 @@ class RedisRunSubscription(Subscription):
         while health.down_since is not None and not self._closed:
             wait = UNAVAILABLE_AFTER - health.down_for()
             if wait <= 0:
+                if health.recently_failed():  # confirmed already: no probe of our own
+                    self._end()
+                    raise StoreUnavailableError()
                 try:
                     await store._shared("ping", store._ping)
                 except (RedisError, OSError) as exc:
