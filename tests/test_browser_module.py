@@ -43,7 +43,7 @@ def encode_png(size: tuple[int, int]) -> str:
 
 
 PNG_B64 = encode_png((8, 6))
-OUTPUTS = [{"image": PNG_B64}, {"DATA_DICT": {"faces": 2}}]
+OUTPUTS: list[dict[str, Any]] = [{"image": PNG_B64}, {"DATA_DICT": {"faces": 2}}]
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>ikstream</title></head>

@@ -74,7 +74,8 @@ def make_app() -> FastAPI:
 
 def size_of(path: Path) -> tuple[int, int]:
     with Image.open(path) as image:
-        return image.size
+        width, height = image.size
+        return width, height
 
 
 @pytest.fixture

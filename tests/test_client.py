@@ -73,7 +73,7 @@ DETECTION = {
     ],
     "referenceImageIndex": 0,
 }
-OUTPUTS = [
+OUTPUTS: list[dict[str, Any]] = [
     {"image": PNG_B64},
     {"DATA_DICT": {"faces": 2}},
     {"OBJECT_DETECTION": DETECTION},
@@ -518,7 +518,7 @@ SILENT = {"steps": 1, "silent": 5}
 async def test_inactivity_timeout_fires_on_a_silent_server(serve_app):
     with serve_app(make_app(keep_alive=0)) as server:
         async with asyncio.timeout(10), httpx.AsyncClient(timeout=TIMEOUT) as http:
-            seen: list[str] = []
+            seen: list[RunState] = []
             started = time.monotonic()
             with pytest.raises(StreamTimeoutError) as info:
                 await process_streaming_response(

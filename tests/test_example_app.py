@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import httpx
@@ -49,7 +50,9 @@ def small_png() -> str:
 
 
 def decode_image(b64: str) -> np.ndarray:
-    return cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_UNCHANGED)
+    image = cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert image is not None
+    return image
 
 
 async def login(client: httpx.AsyncClient, name: str = "tester") -> dict[str, str]:
@@ -58,7 +61,9 @@ async def login(client: httpx.AsyncClient, name: str = "tester") -> dict[str, st
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
 
-async def stream_events(client: httpx.AsyncClient, headers: dict[str, str], body: dict) -> list:
+async def stream_events(
+    client: httpx.AsyncClient, headers: dict[str, str], body: dict[str, Any]
+) -> list[tuple[str, Any]]:
     events = []
     async with (
         asyncio.timeout(20),
@@ -70,11 +75,13 @@ async def stream_events(client: httpx.AsyncClient, headers: dict[str, str], body
     return events
 
 
-async def until_finished(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> dict:
+async def until_finished(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str]
+) -> dict[str, Any]:
     """Poll a run's state URL until the run has finished (at most 5 s)."""
     async with asyncio.timeout(5):
         for _ in range(1000):
-            state = (await client.get(url, headers=headers)).json()
+            state: dict[str, Any] = (await client.get(url, headers=headers)).json()
             if state["finished"]:
                 return state
             await asyncio.sleep(0.02)
@@ -239,6 +246,7 @@ async def test_the_page_its_module_and_the_sample_photos_are_served():
             thumb = await client.get(sample["thumbnail_url"])
             pixels = cv2.imdecode(np.frombuffer(thumb.content, np.uint8), cv2.IMREAD_COLOR)
             assert thumb.headers["content-type"] == "image/jpeg"
+            assert pixels is not None
             assert max(pixels.shape[:2]) == 160
         assert (await client.get("/api/samples/nothing")).status_code == 404
 

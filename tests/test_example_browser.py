@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page
+from playwright.async_api import Browser, FilePayload, Page
 
 from example_app.main import API_PATH, create_app
 from example_app.workflow import SAMPLES
@@ -74,9 +74,10 @@ async def wait_until_settled(page: Page, timeout: float = 20) -> list[dict[str, 
 
 
 async def image_size(page: Page, selector: str) -> list[int]:
-    return await page.eval_on_selector(
+    size: list[int] = await page.eval_on_selector(
         selector, "img => [img.complete ? 1 : 0, img.naturalWidth, img.naturalHeight]"
     )
+    return size
 
 
 async def until(predicate: Any, timeout: float = 5) -> None:
@@ -184,7 +185,7 @@ async def test_cancel_midway_stops_the_run_on_the_server(browser, serve_app):
 
 async def test_on_a_phone_an_uploaded_photo_runs_and_the_page_fits(browser, serve_app):
     app = create_app(stage_delay_ms=50)
-    phone = {
+    phone: dict[str, Any] = {
         "viewport": {"width": 390, "height": 844},
         "device_scale_factor": 2,
         "is_mobile": True,
@@ -195,11 +196,11 @@ async def test_on_a_phone_an_uploaded_photo_runs_and_the_page_fits(browser, serv
             await page.set_input_files(
                 "#file",
                 files=[
-                    {
-                        "name": "my-cat.png",
-                        "mimeType": "image/png",
-                        "buffer": SAMPLES["chelsea"].read_bytes(),
-                    }
+                    FilePayload(
+                        name="my-cat.png",
+                        mimeType="image/png",
+                        buffer=SAMPLES["chelsea"].read_bytes(),
+                    )
                 ],
             )
             await page.wait_for_function("ikDemo.image?.label === 'my-cat.png'")

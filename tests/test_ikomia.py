@@ -46,6 +46,7 @@ def small_image(name: str = "astronaut", side: int = 256) -> str:
     image = cv2.imdecode(
         np.frombuffer(base64.b64decode(sample_base64(name)), np.uint8), cv2.IMREAD_COLOR
     )
+    assert image is not None
     height, width = image.shape[:2]
     scale = side / max(height, width)
     image = cv2.resize(image, (round(width * scale), round(height * scale)))
@@ -53,7 +54,9 @@ def small_image(name: str = "astronaut", side: int = 256) -> str:
 
 
 def pixels(b64: str) -> np.ndarray:
-    return cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_UNCHANGED)
+    image = cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert image is not None
+    return image
 
 
 def unused_port() -> int:

@@ -108,6 +108,6 @@ def test_invalid_states_are_refused():
     with pytest.raises(ValidationError):
         RunState(type="run", run_id="r", seq=-1)
     with pytest.raises(ValidationError):
-        RunState(type="run", run_id="r", seq=1, unknown=True)
+        RunState(type="run", run_id="r", seq=1, unknown=True)  # type: ignore[call-arg]
     with pytest.raises(ValidationError):
         RunState(type="failed", run_id="r", seq=1, error={"code": "x"})

@@ -10,6 +10,8 @@ repository's ``.venv`` (the one ``scripts/demo.sh`` installs), since the folder 
 
 Then ``/docs`` and ``/redoc`` load in Chromium with every request off 127.0.0.1 refused,
 and the demo page's ``EventSource`` endpoints authenticate with the login's cookie.
+Every other shell block of the docs is either run here too or listed with the reason why
+not (`NOT_RUN`).
 """
 
 import contextlib
@@ -229,3 +231,83 @@ async def test_event_source_endpoints_authenticate_with_the_login_cookie(
     assert result["resumed"][0] == "run"
     assert result["resumed"][-2:] == ["result", "done"]
     assert result["cookieVisible"] is False  # HttpOnly: the page's script cannot read it
+
+
+# --- the other shell blocks of the docs --------------------------------------------------------
+
+
+def docs_shell_blocks() -> dict[str, str]:
+    """Every ``bash``/``sh`` block of README.md and docs/, by ``file#n`` (n from 1)."""
+    blocks = {}
+    for path in [README, *sorted((ROOT / "docs").rglob("*.md"))]:
+        text = path.read_text("utf-8")
+        found = re.findall(r"^```(?:bash|sh)\n(.*?)^```", text, flags=re.M | re.S)
+        for number, block in enumerate(found, 1):
+            blocks[f"{path.relative_to(ROOT)}#{number}"] = block
+    return blocks
+
+
+EXERCISED = {
+    "README.md#1": "./scripts/demo.sh and ./scripts/test.sh: the demo fixture; CI runs test.sh",
+    "README.md#2": "./scripts/demo.sh with options: the demo fixture",
+    "README.md#3": "token, sample, curl: test_readme_token_curl_stream_and_watch_work_as_written",
+    "README.md#4": "watch: the same test",
+    "docs/getting-started.md#2": "./scripts/demo.sh: the demo fixture (the same script)",
+    "docs/recipes/ikomia.md#1": "scale_server: test_scale_server_block_prints_its_urls",
+    "docs/recipes/python-client.md#1": "watch: test_python_client_watch_block",
+    "docs/performance.md#1": "bench.run: --smoke by tests/test_bench_smoke.py",
+}
+NOT_RUN = {
+    "docs/getting-started.md#1": "pip install into the reader's own environment; "
+    "scripts/test.sh installs the same extras from this checkout",
+    "docs/concepts/resumability.md#1": "uvicorn app:app --workers 4 needs the reader's app; "
+    "several workers are tested by tests/test_redis_workers.py",
+    "docs/performance.md#2": "benchmark runs of minutes that rewrite bench/results/",
+}
+
+
+def test_every_shell_block_is_exercised_or_says_why_not() -> None:
+    assert set(docs_shell_blocks()) == set(EXERCISED) | set(NOT_RUN)
+
+
+def test_python_client_watch_block(demo: Demo, tmp_path: Path) -> None:
+    port = demo.url.rsplit(":", 1)[1]
+    token_and_body = readme_shell_blocks(SECTION)[1]
+    watch = next(
+        block
+        for key, block in docs_shell_blocks().items()
+        if key == "docs/recipes/python-client.md#1"
+    )
+    script = (token_and_body + watch).replace(DEMO_ADDRESS, f"127.0.0.1:{port}")
+    python = shlex.quote(str(ROOT / ".venv" / "bin" / "python"))
+    script = re.sub(r"^python ", python + " ", script, flags=re.M)
+    result = subprocess.run(
+        ["bash", "-c", "set -euo pipefail\n" + script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert cv2.imread(str(tmp_path / "result.png")) is not None
+
+
+def test_scale_server_block_prints_its_urls() -> None:
+    block = next(
+        block for key, block in docs_shell_blocks().items() if key == "docs/recipes/ikomia.md#1"
+    )
+    port = free_port()
+    command = shlex.split(block.split("#")[0].replace("--port 8001", f"--port {port}"))
+    assert command[:3] == ["python", "-m", "example_app.scale_server"]
+    python = str(ROOT / ".venv" / "bin" / "python")
+    process = subprocess.Popen(
+        [python, *command[1:]], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        base = f"http://127.0.0.1:{port}"
+        assert line.split() == [f"IKOMIA_URL={base}", f"ENDPOINT_URL={base}/deployment"]
+    finally:
+        process.terminate()
+        process.communicate(timeout=15)

@@ -35,7 +35,7 @@ def make_router(limit: RateLimit, auth: APIKeyAuth | None = None) -> APIRouter:
 
     else:
 
-        async def check(
+        async def check(  # type: ignore[misc]  # another signature on purpose: FastAPI reads it
             req: Request, resp: Response, who: Annotated[Principal, Security(auth)]
         ) -> None:
             resp.headers.update(await limit.hit(req, who))
@@ -201,7 +201,8 @@ async def _concurrency_rules(make: Any) -> None:
         with pytest.raises(HTTPException) as refused:
             await first.acquire("alice")
         assert refused.value.status_code == 429
-        assert refused.value.detail == {
+        detail: object = refused.value.detail
+        assert detail == {
             "error": "too_many_runs",
             "message": "At most 2 runs at once: wait for one to finish.",
             "max_concurrent_runs": 2,

@@ -65,7 +65,7 @@ def state(
     if type_ is EventType.PROGRESS:
         fields.setdefault("status", RunStatus.RUNNING)
         fields.setdefault("progress", {"current": seq, "total": 1000})
-    return RunState(type=type_, run_id=run_id, seq=seq, **fields)  # type: ignore[arg-type]
+    return RunState(type=type_, run_id=run_id, seq=seq, **fields)
 
 
 def append_run(
@@ -140,7 +140,7 @@ async def test_live_subscription_sees_events_as_they_come(make_store: StoreFacto
                 assert batch, "an appended event did not arrive"
                 got.extend(e.seq for e in batch)
         store.append(state("live", 21, EventType.DONE, status=RunStatus.COMPLETED))
-        rest = []
+        rest: list[int] = []
         while (batch := await sub.next_batch(2.0)) is not None:
             rest.extend(e.seq for e in batch)
         assert got + rest == list(range(1, 22))
@@ -239,7 +239,7 @@ async def test_two_workers_share_a_run_and_cancel_across_them(make_store: StoreF
         sub = b.subscribe("shared", 2)
         assert [e.seq for e in await sub.next_batch(2.0) or []] == [3, 4, 5]
         append_run(a, "shared", 6, 7)
-        got = []
+        got: list[int] = []
         while len(got) < 2:
             got.extend(e.seq for e in await sub.next_batch(2.0) or [])
         assert got == [6, 7]
@@ -263,10 +263,10 @@ async def test_two_workers_share_a_run_and_cancel_across_them(make_store: StoreF
 
         a.append(state("shared", 8, EventType.CANCELLED, status=RunStatus.CANCELLED))
         a.append(state("shared", 9, EventType.DONE, status=RunStatus.CANCELLED))
-        got = []
+        kinds: list[str] = []
         while (batch := await sub.next_batch(2.0)) is not None:
-            got.extend(e.type for e in batch)
-        assert got == ["cancelled", "done"]
+            kinds.extend(e.type for e in batch)
+        assert kinds == ["cancelled", "done"]
         assert not await b.request_cancel("shared", "again")  # finished
         assert not await b.request_cancel("unknown", "no such run")
         assert cancels == [("shared", "stop it")]

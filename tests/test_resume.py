@@ -25,7 +25,7 @@ from fastapi_ikstream.testing import FakeDeployment
 
 pytestmark = pytest.mark.timeout(30)
 
-BODY = {"inputs": [], "parameters": {}}
+BODY: dict[str, Any] = {"inputs": [], "parameters": {}}
 Event = dict[str, Any]
 
 
@@ -92,7 +92,7 @@ async def read_jsonl(
             await response.aread()
             return response, events
         assert response.headers["content-type"].startswith("application/jsonl")
-        async with contextlib.aclosing(response.aiter_lines()) as lines:
+        async with contextlib.aclosing(response.aiter_lines()) as lines:  # type: ignore[type-var]
             async for line in lines:
                 if not line:
                     continue

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ from fastapi import FastAPI
 from httpx_sse import aconnect_sse
 from pydantic import BaseModel, Field
 
-from fastapi_ikstream import RunRequest, RunState, create_router
+from fastapi_ikstream import RunRequest, RunState, StreamRouter, create_router
 from fastapi_ikstream.testing import FakeDeployment
 
 
@@ -33,7 +34,7 @@ async def ikomia_style(inputs, parameters, on_progress):
     return [{"DATA_DICT": {"inputs": len(inputs), "parameters": dict(parameters)}}]
 
 
-def make_app(**options) -> tuple[FastAPI, object]:
+def make_app(**options: Any) -> tuple[FastAPI, StreamRouter]:
     app = FastAPI()
     router = create_router(echo, path="/generate-image", request_model=PromptIn, **options)
     app.include_router(router, prefix="/api")
@@ -45,7 +46,7 @@ def client_for(app: FastAPI) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
 
 
-def sse_events(text: str) -> list[dict]:
+def sse_events(text: str) -> list[dict[str, Any]]:
     events = []
     for block in text.split("\n\n"):
         data = [line[6:] for line in block.split("\n") if line.startswith("data: ")]
@@ -77,6 +78,7 @@ async def test_three_endpoints_under_a_prefix_and_two_deployments():
         assert response.status_code == 200
         final = RunState.model_validate(response.json())
         assert final.type == "result"
+        assert final.results is not None
         assert final.results[0]["DATA_DICT"]["prompt"] == "x"
 
         response = await client.post(

@@ -7,6 +7,7 @@ import gc
 import logging
 import time
 import weakref
+from typing import Any
 
 import httpx
 import pytest
@@ -130,6 +131,7 @@ async def test_failure_yields_failed_then_done_then_raises():
         await read()
     assert [s.type for s in seen[-2:]] == ["failed", "done"]
     failed = seen[-2]
+    assert failed.error is not None
     assert failed.error.code == "upstream_failed"
     assert failed.error.message == "the workflow failed: bad image"
     assert failed.state == "FAILURE"
@@ -209,6 +211,7 @@ async def test_cancel_ends_with_cancelled_and_done():
         await read()
     await canceller
     assert [s.type for s in seen[-2:]] == ["cancelled", "done"]
+    assert seen[-2].error is not None
     assert seen[-2].error.message == "stopped by the user"
 
 
@@ -229,8 +232,9 @@ async def test_consumer_that_stops_cancels_the_deployment():
     async for state in agen:
         if state.seq == 3:
             break
-    await agen.aclose()
+    await agen.aclose()  # type: ignore[attr-defined]  # an async generator, typed as an iterator
     await asyncio.wait_for(cancelled.wait(), 1)
+    assert run.task is not None
     assert run.task.done()
 
 
@@ -246,6 +250,7 @@ async def test_slow_reader_is_bounded_and_told_of_the_gap():
     run = StreamingRun(flood, max_events=100)
     rest = [s async for s in run.aiter_states()]  # the flood is produced before the first read
     assert rest[0].type == "reset"
+    assert rest[0].first_seq is not None
     assert rest[0].first_seq > 2
     assert rest[0].seq == rest[0].first_seq - 1
     seqs = [s.seq for s in rest[1:]]
@@ -294,10 +299,12 @@ async def test_to_response_headers_and_jsonl_negotiation():
 
 async def test_disconnect_cancels_deployment_within_one_second(serve_app):
     cancelled_at: list[float] = []
-    tasks: list[asyncio.Task] = []
+    tasks: list[asyncio.Task[Any]] = []
 
     async def long(on_progress):
-        tasks.append(asyncio.current_task())  # the run's own task
+        task = asyncio.current_task()  # the run's own task
+        assert task is not None
+        tasks.append(task)
         try:
             for i in range(10_000):
                 on_progress(progress=(i, 10_000))

@@ -265,10 +265,22 @@ async def test_hostile_input_is_refused_with_json(
     make_header: Header, expected: int, mode: str, rsa_key: KeyPair, module_jwks: str
 ) -> None:
     authorization = make_header()
-    source = {"jwks_url": module_jwks} if mode == "jwks" else {"public_key": rsa_key.public_pem}
-    auth = JWTBearer(
-        algorithms=["RS256"], audience=AUD, issuer=ISS, scopes=["images:generate"], **source
-    )
+    if mode == "jwks":
+        auth = JWTBearer(
+            jwks_url=module_jwks,
+            algorithms=["RS256"],
+            audience=AUD,
+            issuer=ISS,
+            scopes=["images:generate"],
+        )
+    else:
+        auth = JWTBearer(
+            public_key=rsa_key.public_pem,
+            algorithms=["RS256"],
+            audience=AUD,
+            issuer=ISS,
+            scopes=["images:generate"],
+        )
     headers = {} if authorization is None else {"Authorization": authorization}
     async with client(make_app(auth)) as http:
         response = await http.get("/me", headers=headers)
@@ -360,7 +372,7 @@ async def test_mutated_tokens_never_give_500(rsa_key: KeyPair) -> None:
     valid = rs256(rsa_key, good_claims())
     rng = random.Random(4)
     alphabet = string.ascii_letters + string.digits + "-_.=+/ !%~é"
-    mutants = set()
+    mutants: set[str] = set()
     while len(mutants) < 300:
         chars = list(valid)
         kind = rng.randrange(4)
@@ -379,7 +391,7 @@ async def test_mutated_tokens_never_give_500(rsa_key: KeyPair) -> None:
     async with client(make_app(auth)) as http:
         for mutant in mutants:
             sent = f"Bearer {mutant}".encode("latin-1")
-            response = await http.get("/me", headers={"Authorization": sent})
+            response = await http.get("/me", headers={b"Authorization": sent})
             assert response.status_code in (200, 401), mutant
             assert "detail" in response.json() or response.status_code == 200
             if response.status_code == 200:
@@ -395,7 +407,11 @@ async def test_mutated_tokens_never_give_500(rsa_key: KeyPair) -> None:
 async def test_jwks_is_cached_and_refreshed_on_an_unknown_kid(
     serve_app: Callable[..., Any], rsa_key: KeyPair, other_rsa_key: KeyPair
 ) -> None:
-    state = {"fetches": 0, "status": 200, "body": {"keys": [rsa_key.jwk("k1", "RS256")]}}
+    state: dict[str, Any] = {
+        "fetches": 0,
+        "status": 200,
+        "body": {"keys": [rsa_key.jwk("k1", "RS256")]},
+    }
     with serve_app(_jwks_app(state)) as server:
         auth = JWTBearer(
             jwks_url=f"{server.url}/.well-known/jwks.json",
@@ -429,7 +445,11 @@ async def test_jwks_is_cached_and_refreshed_on_an_unknown_kid(
 async def test_unknown_kids_cannot_flood_the_issuer(
     serve_app: Callable[..., Any], rsa_key: KeyPair, other_rsa_key: KeyPair
 ) -> None:
-    state = {"fetches": 0, "status": 200, "body": {"keys": [rsa_key.jwk("k1", "RS256")]}}
+    state: dict[str, Any] = {
+        "fetches": 0,
+        "status": 200,
+        "body": {"keys": [rsa_key.jwk("k1", "RS256")]},
+    }
     with serve_app(_jwks_app(state)) as server:
         auth = JWTBearer(jwks_url=f"{server.url}/.well-known/jwks.json", algorithms=["RS256"])
         async with client(make_app(auth)) as http:
@@ -478,7 +498,11 @@ async def test_broken_jwks_gives_503_json(serve_app: Callable[..., Any], rsa_key
 async def test_stale_keys_are_kept_while_the_issuer_is_down(
     serve_app: Callable[..., Any], rsa_key: KeyPair
 ) -> None:
-    state = {"fetches": 0, "status": 200, "body": {"keys": [rsa_key.jwk("k1", "RS256")]}}
+    state: dict[str, Any] = {
+        "fetches": 0,
+        "status": 200,
+        "body": {"keys": [rsa_key.jwk("k1", "RS256")]},
+    }
     with serve_app(_jwks_app(state)) as server:
         auth = JWTBearer(
             jwks_url=f"{server.url}/.well-known/jwks.json",

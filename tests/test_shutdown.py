@@ -16,12 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import free_port
 from fastapi import FastAPI
 from httpx_sse import aconnect_sse
 
 from fastapi_ikstream import create_router
 from fastapi_ikstream.testing import FakeDeployment
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -108,6 +108,7 @@ async def test_sigterm_closes_open_streams_and_cancels_runs_left_after_the_drain
                 await asyncio.gather(*tasks)
                 returncode = await process.wait()
             exited = time.monotonic() - signalled
+        assert process.stderr is not None
         errors = (await process.stderr.read()).decode()
     finally:
         if process.returncode is None:

@@ -133,7 +133,13 @@ async def test_eta_learns_from_measured_runs() -> None:
     assert workflow.times.samples == dict.fromkeys(STAGES, 1)
     second = await run_states(workflow, [sample_base64("rocket")], {"max_side": 128})
     assert workflow.times.samples == dict.fromkeys(STAGES, 2)
-    (low1, high1), (low2, high2) = (first[1].eta, second[1].eta)  # type: ignore[misc]
+    assert first[1].eta is not None
+    assert second[1].eta is not None
+    (low1, high1), (low2, high2) = (first[1].eta, second[1].eta)
+    assert low1 is not None
+    assert high1 is not None
+    assert low2 is not None
+    assert high2 is not None
     assert high1 >= 5 * low1  # defaults: a wide, conservative band
     assert 1.5 * low2 <= high2 <= 2.5 * max(low2, 1)  # measured: a narrower one
 
