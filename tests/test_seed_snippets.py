@@ -119,6 +119,7 @@ def make_app(bundle_dir: Path) -> FastAPI:
                 request_model=Prompt,
                 dependencies=[Depends(record_authorization)],
                 browser_module=False,
+                reconnect_grace=4.0,  # a run without readers is cancelled 4 s after
             )
         )
 
@@ -367,7 +368,7 @@ async def test_seed002_cancelling_a_stream_after_ten_seconds(open_page, server):
     assert texts[-1] == "Stream cancelled"
     assert "running" in texts
     app = server.config.app
-    await wait_until(lambda: "long" in app.state.cancelled)  # after the router's grace, 3 s
+    await wait_until(lambda: "long" in app.state.cancelled)  # after the router's grace, 4 s
     assert "long" not in app.state.finished
 
 

@@ -710,8 +710,8 @@ async function readResponse(response, onProgress, {timeout = 15000, onEvent} = {
  *   one per chunk); or an iterable of states.
  * @param {(state: RunState) => void} [onProgress] - called with every state, in order.
  * @param {object} [options]
- * @param {number} [options.timeout=15000] - milliseconds without a byte before rejecting
- *   (responses and byte streams).
+ * @param {number} [options.timeout=15000] - milliseconds without a byte (or, from a
+ *   `ReadableStream` of states, without a chunk) before rejecting; not for other iterables.
  * @returns {Promise<Results>} the results of the `result` state.
  * @throws {HTTPError} a response that is not 2xx.
  * @throws {RunFailedError} the run failed; `RunCancelledError` if cancelled.
