@@ -17,14 +17,14 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from ._models import RunStatus
+from ._models import EventType, RunState, RunStatus
 
-__all__ = ["OnUsage", "UsageRecord"]
+__all__ = ["OnUsage", "UsageMeter", "UsageRecord"]
 
 
 class UsageRecord(BaseModel):
@@ -95,13 +95,112 @@ class UsageRecord(BaseModel):
 
             record.merged_usage({"gpu_seconds": 1.5})
         """
-        usage = dict(self.usage)
-        for key, value in extra.items():
-            old = usage.get(key)
-            numbers = isinstance(old, int | float) and isinstance(value, int | float)
-            usage[key] = old + value if numbers else value  # type: ignore[operator]
-        return self.model_copy(update={"usage": usage})
+        return self.model_copy(update={"usage": _summed(self.usage, extra)})
+
+
+def _summed(
+    usage: Mapping[str, int | float | str], extra: Mapping[str, int | float | str]
+) -> dict[str, int | float | str]:
+    merged = dict(usage)
+    for key, value in extra.items():
+        old = merged.get(key)
+        numbers = isinstance(old, int | float) and isinstance(value, int | float)
+        merged[key] = old + value if numbers else value  # type: ignore[operator]
+    return merged
 
 
 OnUsage: TypeAlias = Callable[[UsageRecord], Awaitable[None]]
 """The router's ``on_usage`` callback: awaited once (at least) per finished run."""
+
+
+_ENDINGS = {
+    EventType.RESULT: RunStatus.COMPLETED,
+    EventType.FAILED: RunStatus.FAILED,
+    EventType.CANCELLED: RunStatus.CANCELLED,
+}
+
+
+class UsageMeter:
+    """Counts one run's usage while it goes, then makes its `UsageRecord`.
+
+    Example::
+
+        meter = UsageMeter("r_1", router="generate", principal="user-42")
+        meter.reader_joined()
+        meter.event_sent(148)
+        meter.add_usage({"gpu_seconds": 1.5})
+        record = meter.record(run.terminal_state)
+
+    Args:
+        run_id: the run's id.
+        router: the router's name.
+        deployment: the deployment's name. Default None.
+        principal: the caller's subject. Default None.
+        started_at: when the run started (timezone-aware). Default now.
+        clock: gives the current time, timezone-aware. Default ``datetime.now(UTC)``.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        *,
+        router: str,
+        deployment: str | None = None,
+        principal: str | None = None,
+        started_at: datetime | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.run_id = run_id
+        self.router = router
+        self.deployment = deployment
+        self.principal = principal
+        self.clock = clock
+        self.started_at = started_at or clock()
+        self.events_sent = 0
+        self.bytes_sent = 0
+        self.readers = 0
+        self.usage: dict[str, int | float | str] = {}
+
+    def reader_joined(self) -> None:
+        """A stream connection started reading the run."""
+        self.readers += 1
+
+    def event_sent(self, nbytes: int) -> None:
+        """An event of ``nbytes`` bytes was written to one reader."""
+        self.events_sent += 1
+        self.bytes_sent += nbytes
+
+    def add_usage(self, usage: Mapping[str, int | float | str]) -> None:
+        """Add the deployment's own figures (numbers with the same key are summed)."""
+        self.usage = _summed(self.usage, usage)
+
+    def record(self, terminal: RunState | None, ended_at: datetime | None = None) -> UsageRecord:
+        """The run's record, from its terminal state.
+
+        Args:
+            terminal: the ``result``, ``failed`` or ``cancelled`` state; None (a run that
+                ended without one, e.g. swept as an orphan) is recorded ``failed``.
+            ended_at: when the run ended. Default now.
+
+        Raises:
+            pydantic.ValidationError: ``ended_at`` is before the start.
+        """
+        status = RunStatus.FAILED
+        code: str | None = "orphaned"
+        if terminal is not None and terminal.type in _ENDINGS:
+            status = _ENDINGS[terminal.type]
+            code = terminal.error.code if terminal.error is not None else None
+        return UsageRecord.between(
+            self.started_at,
+            ended_at or self.clock(),
+            run_id=self.run_id,
+            router=self.router,
+            deployment=self.deployment,
+            principal=self.principal,
+            status=status,
+            error_code=code,
+            events_sent=self.events_sent,
+            bytes_sent=self.bytes_sent,
+            readers=self.readers,
+            usage=dict(self.usage),
+        )

@@ -12,10 +12,11 @@ class CuttingProxy:
 
     Two ways to cut, both only in ``text/event-stream`` responses with a chunked body:
 
-    - ``cut_after``: after the chunk that brings the count of events (``data:`` lines) in
-      the response to this number; the server writes whole events per chunk, so the reader
-      gets complete events, then a body that ends early. With ``spare_done``, a chunk that
-      carries ``done`` is never cut (the stream ends there anyway).
+    - ``cut_after``: right after the event (the block with a ``data:`` line) that brings the
+      count in the response to this number, a chunk holding more events being shortened to
+      end there: the reader gets exactly that many complete events, then a body that ends
+      early, however the server batched them. With ``spare_done``, a stream is not cut where
+      that would leave out nothing but ``done`` (the stream ends there anyway).
     - ``cut_at``: called once per event-stream response; gives the number of body bytes
       (chunk framing included) to relay before the cut, mid-event or mid-chunk alike, or
       None not to cut that response. A seeded ``random.Random`` makes the cuts repeatable.
@@ -153,18 +154,30 @@ class CuttingProxy:
                 await writer.drain()
                 await self._cut()
                 return False
+            if stream and self.cut_after is not None and size and self._may_cut():
+                kept = _first_events(piece[len(size_line) : -2], self.cut_after - events)
+                if kept is not None and not (self.spare_done and b"event: done\n" in kept):
+                    writer.write(b"%x\r\n%s\r\n" % (len(kept), kept))
+                    await writer.drain()
+                    await self._cut()
+                    return False
             writer.write(piece)
             await writer.drain()
             relayed += len(piece)
             if size == 0:
                 return True
             events += (b"\n" + piece[len(size_line) :]).count(b"\ndata:")
-            if (
-                stream
-                and self.cut_after is not None
-                and events >= self.cut_after
-                and self._may_cut()
-                and not (self.spare_done and b"event: done\n" in piece)
-            ):
-                await self._cut()
-                return False
+
+
+def _first_events(payload: bytes, wanted: int) -> bytes | None:
+    """The start of ``payload`` up to the end of its ``wanted``-th event (the block with its
+    ``data:`` line), or None if it holds fewer events than that."""
+    end = 0
+    while wanted > 0:
+        block_end = payload.find(b"\n\n", end)
+        if block_end < 0:
+            return None
+        if (b"\n" + payload[end:block_end]).count(b"\ndata:"):
+            wanted -= 1
+        end = block_end + 2
+    return payload[:end]

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from apps.chain_upstream import make_app
 from conftest import free_port
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
 from proxy import CuttingProxy
 
 from fastapi_ikstream import EventType, RunState, create_router
@@ -236,3 +236,30 @@ async def test_b_killed_ends_the_run_on_a_failed_upstream_incomplete(serve_app):
     error = states[-2].error
     assert error is not None
     assert (error.code, error.retryable) == ("upstream_incomplete", True)
+
+
+async def test_the_upstream_headers_go_with_every_request_the_cancel_too(serve_app):
+    async def key_holder(request: Request) -> str:
+        key = request.headers.get("x-key")
+        if key is None:
+            raise HTTPException(401, detail="no key")
+        return "holder-of-" + key
+
+    b_app, calls = make_app(auth=key_holder)
+    body = {"parameters": {"delay": 0.05, "steps": 200}}
+    with serve_app(b_app) as b:
+        upstream = b.url + "/api/job/stream"
+        with serve_app(edge_app(upstream, headers={"X-Key": "k1"})) as a:
+            async with asyncio.timeout(30), httpx.AsyncClient(timeout=TIMEOUT) as http:
+                left_at = await follow_then_leave(http, a.url + "/api/edge", "drop", body)
+                assert await asyncio.to_thread(calls[0].ended.wait, 5)
+        with serve_app(edge_app(upstream)) as keyless:
+            async with asyncio.timeout(30), httpx.AsyncClient(timeout=TIMEOUT) as http:
+                refused = await read_states(http, keyless.url + "/api/edge/stream", body)
+    assert calls[0].cancelled_at is not None
+    assert calls[0].cancelled_at - left_at < 1.0  # the DELETE was B's principal's: accepted
+    assert [state.type.value for state in refused] == ["run", "failed", "done"]
+    assert refused[1].error is not None
+    assert (refused[1].error.code, refused[1].error.retryable) == ("upstream_error", False)
+    assert refused[1].error.message == "The upstream answered HTTP 401."
+    assert len(calls) == 1

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from pydantic import ValidationError
 
-from fastapi_ikstream import RunStatus
+from fastapi_ikstream import RunState, RunStatus
 from fastapi_ikstream.testing import RecordingUsage
-from fastapi_ikstream.usage import UsageRecord
+from fastapi_ikstream.usage import UsageMeter, UsageRecord
 
 START = datetime(2026, 12, 1, 20, 0, tzinfo=UTC)
 
@@ -87,3 +87,56 @@ async def test_recording_usage_collects_from_other_threads():
     assert [item.run_id for item in usage.records] == ["r_1", "r_2", "r_3", "r_2"]
     assert len(usage.for_run("r_2")) == 2
     assert usage.duplicates() == ["r_2"]
+
+
+def state(kind: str, **fields) -> RunState:
+    return RunState(type=kind, run_id="r_9", seq=7, **fields)
+
+
+@pytest.mark.parametrize(
+    ("terminal", "status", "code"),
+    [
+        (state("result", results=[]), "completed", None),
+        (state("failed", error={"code": "timeout", "message": "late"}), "failed", "timeout"),
+        (
+            state("cancelled", error={"code": "cancelled", "message": "gone"}),
+            "cancelled",
+            "cancelled",
+        ),
+        (None, "failed", "orphaned"),
+    ],
+)
+def test_a_meter_counts_a_run_and_makes_its_record(terminal, status, code):
+    times = iter([START, START + timedelta(seconds=2.5)])
+    meter = UsageMeter(
+        "r_9", router="gen", deployment="remote", principal="bob", clock=lambda: next(times)
+    )
+    meter.reader_joined()
+    meter.reader_joined()
+    for _ in range(3):
+        meter.event_sent(100)
+    meter.add_usage({"gpu_seconds": 1.25, "model": "a"})
+    meter.add_usage({"gpu_seconds": 1, "model": "b"})
+    made = meter.record(terminal)
+    assert made.model_dump(mode="json") == {
+        "run_id": "r_9",
+        "router": "gen",
+        "deployment": "remote",
+        "principal": "bob",
+        "status": status,
+        "error_code": code,
+        "started_at": "2026-12-01T20:00:00Z",
+        "ended_at": "2026-12-01T20:00:02.500000Z",
+        "run_seconds": 2.5,
+        "events_sent": 3,
+        "bytes_sent": 300,
+        "readers": 2,
+        "usage": {"gpu_seconds": 2.25, "model": "b"},
+    }
+
+
+def test_a_meter_refuses_an_end_before_its_start():
+    meter = UsageMeter("r_1", router="gen", started_at=START)
+    with pytest.raises(ValidationError):
+        meter.record(None, ended_at=START - timedelta(seconds=1))
+    assert meter.record(None, ended_at=START).run_seconds == 0
