@@ -229,7 +229,7 @@ class StreamingRun:
             return  # the exception that follows says why
         if new_status is not None:
             self._status = new_status
-        logs, exact = logs_of(update)
+        logs = logs_of(update)
         if results is not None:
             self._results = results
             self._send_result()
@@ -244,20 +244,15 @@ class StreamingRun:
         if kind is EventType.LOG:
             fields: dict[str, Any] = {"logs": logs}
         else:
-            progress, exact_progress = progress_of(update.get("progress"))
-            exact = exact and exact_progress
             fields = {
                 "status": self._status,
                 "state": self._state,
                 "eta": self._eta,
-                "progress": progress,
+                "progress": progress_of(update.get("progress")),
                 "logs": logs,
                 "partial_output": partial,
             }
-        if exact:  # every value has its model's exact type: no second validation
-            self._emit_trusted(kind, fields)
-        else:
-            self._emit(kind, **fields)
+        self._emit_trusted(kind, fields)  # every value is validated or the package's own
 
     def _emit_trusted(self, type_: EventType, fields: dict[str, Any]) -> None:
         self._seq += 1

@@ -1,11 +1,11 @@
 """Reading a progress update into the fields of a `RunState`, without validating twice.
 
-A run reports updates many times a second; validating each through pydantic (a `RunState`
-and a `LogLine` per log line) cost most of an event's time. Values whose exact types are
-already those of the model (a ``str`` message, a ``float`` time, ``int``/``float`` counts) are
-put into the models as they are (`trusted`); anything else (a ``bool`` count, an unknown key,
-a subclass) is left to pydantic, which validates (and refuses) it as before. Either way the
-state's JSON is the same, byte for byte: ``tests/test_updates.py`` checks it.
+A run reports updates many times a second. What the deployment gives (log lines, progress)
+is validated once, each kind in one pydantic call (all of an update's log lines at once,
+no model built per line in Python); the `RunState` around them is then assembled from values
+the package made itself, of their fields' exact types, without validating them a second time
+(`trusted_state`). The state's JSON is the same, byte for byte, as a `RunState` validated
+from the same update: ``tests/test_updates.py`` checks it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from ._models import LogLine, Progress, RunState
 
@@ -27,8 +27,9 @@ _STATE_TEMPLATE: dict[str, Any] = {  # every field, in the model's order (the JS
     name: None if field.is_required() else field.default
     for name, field in RunState.model_fields.items()
 }
-_LINE_KEYS = frozenset({"ts", "level", "message"})
-_NUMBERS = (int, float)
+# The adapters' own validators, called without TypeAdapter's per-call Python wrapper.
+_validate_lines = TypeAdapter(list[LogLine]).validator.validate_python
+_validate_progress = TypeAdapter(Progress).validator.validate_python
 
 
 def trusted(cls: type[M], fields: dict[str, Any]) -> M:
@@ -55,34 +56,23 @@ def trusted_state(fields: dict[str, Any]) -> RunState:
     return trusted(RunState, values)
 
 
-def _line_of(item: Any, now: float) -> LogLine | Mapping[str, Any] | None:
-    """A log line: a trusted `LogLine` when its values have their exact types, else a dict."""
-    if type(item) is LogLine:
-        return item
-    if type(item) is str:
-        return trusted(LogLine, {"ts": now, "level": "INFO", "message": item})
-    if isinstance(item, Mapping):
-        ts = item.get("ts", now)
-        level = item.get("level", "INFO")
-        message = item.get("message")
-        if (
-            type(message) is str
-            and type(level) is str
-            and type(ts) in _NUMBERS
-            and _LINE_KEYS.issuperset(item)
-            and (type(ts) is float or abs(ts) < 2**53)
-        ):
-            return trusted(LogLine, {"ts": float(ts), "level": level, "message": message})
+def _raw_line(item: Any, now: float) -> Any:
+    if type(item) is dict:  # the common case, without the ABC checks below
         return item if "ts" in item else {"ts": now, **item}
     if isinstance(item, LogLine):
         return item
-    return None
+    if isinstance(item, Mapping):
+        return item if "ts" in item else {"ts": now, **item}
+    return {"ts": now, "message": str(item)}
 
 
-def logs_of(update: Mapping[str, Any]) -> tuple[list[Any] | None, bool]:
-    """The update's log lines (``logs`` and ``log``), and whether all of them are trusted.
+def logs_of(update: Mapping[str, Any]) -> list[LogLine] | None:
+    """The update's log lines (``logs`` and ``log``) as `LogLine`s, a ``ts`` added if missing.
 
-    Lines that are not trusted are dicts (a ``ts`` added if missing) for pydantic to validate.
+    All lines are validated in one call (pydantic builds the models), not one model at a time.
+
+    Raises:
+        ValidationError: a line is not a log line.
     """
     raw: list[Any] = []
     if update.get("logs"):
@@ -90,18 +80,9 @@ def logs_of(update: Mapping[str, Any]) -> tuple[list[Any] | None, bool]:
     if update.get("log"):
         raw.append(update["log"])
     if not raw:
-        return None, True
+        return None
     now = time.time()
-    lines: list[Any] = []
-    exact = True
-    for item in raw:
-        line = _line_of(item, now)
-        if line is None:
-            line = trusted(LogLine, {"ts": now, "level": "INFO", "message": str(item)})
-        elif type(line) is not LogLine:
-            exact = False
-        lines.append(line)
-    return lines, exact
+    return _validate_lines([_raw_line(item, now) for item in raw])  # type: ignore[no-any-return]
 
 
 def eta_of(value: Any) -> tuple[int | None, int | None]:
@@ -110,31 +91,21 @@ def eta_of(value: Any) -> tuple[int | None, int | None]:
     return (None if low is None else int(low), None if high is None else int(high))
 
 
-def _number(value: Any) -> bool:
-    return type(value) in _NUMBERS
+def progress_of(value: Any) -> Progress | None:
+    """A progress value (a `Progress`, a mapping, ``(current, total)`` or a number), validated.
 
-
-def progress_of(value: Any) -> tuple[Progress | Mapping[str, Any] | None, bool]:
-    """A progress value, and whether it is trusted (else a mapping for pydantic to validate)."""
-    if value is None or type(value) is Progress:
-        return value, True
-    if isinstance(value, Progress):
-        return value, True
-    if isinstance(value, Mapping):
-        fields: Mapping[str, Any] = value
-    elif isinstance(value, tuple | list):
-        fields = {"current": value[0], "total": value[1] if len(value) > 1 else None}
-    else:
-        fields = {"current": value}
-    current = fields.get("current")
-    total = fields.get("total")
-    if (
-        _number(current)
-        and (total is None or _number(total))
-        and len(fields) == 1 + ("total" in fields)
-    ):
-        return trusted(Progress, {"current": current, "total": total}), True
-    return fields, False
+    Raises:
+        ValidationError: it is not a progress value.
+    """
+    if value is None or isinstance(value, Progress):
+        return value
+    if type(value) is dict:
+        return _validate_progress(value)  # type: ignore[no-any-return]
+    if isinstance(value, tuple | list):
+        value = {"current": value[0], "total": value[1] if len(value) > 1 else None}
+    elif not isinstance(value, Mapping):
+        value = {"current": value}
+    return _validate_progress(value)  # type: ignore[no-any-return]
 
 
 def results_of(value: Any) -> list[dict[str, Any]] | None:
