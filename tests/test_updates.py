@@ -7,6 +7,7 @@ field through `RunState(...)`), and the JSON, the SSE block and the model must a
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from fastapi_ikstream import EventType, RunState, RunStatus, StreamingRun, _updates
+from fastapi_ikstream import EventType, RunState, RunStatus, StreamingRun
 from fastapi_ikstream._wire import encode_sse, sse_block
 
 NOW = 1763700000.125
@@ -116,7 +117,7 @@ def test_trusted_states_encode_as_validated_ones(
 @pytest.fixture(scope="module")
 def monkeypatch_time() -> Any:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_updates.time, "time", lambda: NOW)
+        patch.setattr("fastapi_ikstream._updates.time", SimpleNamespace(time=lambda: NOW))
         yield
 
 
