@@ -377,6 +377,10 @@ def package_app() -> Any:
         # Every stream of the load comes from one principal (one token): its per-caller
         # quotas would refuse the load, which models many callers.
         quotas=Quotas(runs=None, streams=None, resumes=None),
+        # The load generator never reconnects, and the peers stop producing as soon as their
+        # client goes: with the default 30 s grace, the unpaced 10-million-state runs of one
+        # measurement would go on producing for nobody through the next ones.
+        reconnect_grace=0,
     )
     app = FastAPI()
     app.include_router(router)
