@@ -198,26 +198,34 @@ class Target:
     first_progress_seq: int = 1
 
     def request(
-        self, n: int, interval: float, *, start: float = 0.0, every: int = 256, close: bool = False
+        self,
+        n: int,
+        interval: float,
+        *,
+        start: float = 0.0,
+        every: int = 256,
+        close: bool = False,
+        lines: int = 1,
     ) -> bytes:
         """The request: ``n`` states, ``interval`` s apart, the first at ``start``.
 
         ``every``: without pacing, the source gives the loop a turn once per this many states.
+        ``lines``: log lines per state (1: one long line; 5: five short ones, ~512 bytes).
         """
-        lines = [f"Host: {HOST}:{self.port}", "Accept: text/event-stream", "User-Agent: bench"]
+        head_lines = [f"Host: {HOST}:{self.port}", "Accept: text/event-stream", "User-Agent: bench"]
         if self.token:
-            lines.append(f"Authorization: Bearer {self.token}")
+            head_lines.append(f"Authorization: Bearer {self.token}")
         if close:
-            lines.append("Connection: close")
+            head_lines.append("Connection: close")
         if self.method == "GET":
-            query = f"n={n}&interval={interval}&start={start}&every={every}"
+            query = f"n={n}&interval={interval}&start={start}&every={every}&lines={lines}"
             target, body = f"{self.path}?{query}", b""
         else:
             target = self.path
-            params = {"n": n, "interval": interval, "start": start, "every": every}
+            params = {"n": n, "interval": interval, "start": start, "every": every, "lines": lines}
             body = json.dumps({"parameters": params}).encode()
-            lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
-        head = f"{self.method} {target} HTTP/1.1\r\n" + "\r\n".join(lines) + "\r\n\r\n"
+            head_lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+        head = f"{self.method} {target} HTTP/1.1\r\n" + "\r\n".join(head_lines) + "\r\n\r\n"
         return head.encode() + body
 
 
@@ -366,6 +374,7 @@ async def throughput(
     window: float,
     every: int = 256,
     n: int = 10_000_000,
+    lines: int = 1,
 ) -> dict[str, Any]:
     """Events per second over ``window`` seconds, ``streams`` unpaced streams at once.
 
@@ -374,7 +383,7 @@ async def throughput(
     new connections, so streams opened while others already run would start late.
     """
     begin = time.time() + 0.2 + streams * 0.002
-    request = target.request(n, 0.0, start=begin, every=every)
+    request = target.request(n, 0.0, start=begin, every=every, lines=lines)
     opened, errors = await open_many(target.port, request, streams, parse=False, rate=10_000)
     await asyncio.sleep(max(0.0, begin - time.time()))
     waited = time.perf_counter()

@@ -16,7 +16,7 @@ from typing import Any
 
 import uvloop
 
-from bench.servers import MESSAGE, new_run_id, state_dict
+from bench.servers import MESSAGE, log_lines, new_run_id, state_dict
 
 
 def per_call_us(fn: Callable[[], Any], number: int = 20_000) -> float:
@@ -113,6 +113,28 @@ def main() -> None:
         return per_call_us(lambda: run.on_progress(**kwargs), number=50_000)
 
     rows.append(("on_progress(...) into a MemoryRunStore, whole", asyncio.run(producer_path())))
+    five = {**kwargs, "logs": log_lines(time.time(), 5)}
+
+    async def producer_path_five() -> float:
+        store = MemoryRunStore(max_events_per_run=1_000_000)
+        run = StreamingRun(lambda on_progress: None, run_id=new_run_id())
+        await store.create_run(run.run_id, principal=None)
+        run._sink = store.append
+        run._consumed = True
+        return per_call_us(lambda: run.on_progress(**five), number=50_000)
+
+    rows.append(("the same, a ~512-byte state with 5 log lines", asyncio.run(producer_path_five())))
+    rows.append(
+        (
+            "floor, the same 5-line state",
+            per_call_us(
+                lambda: (
+                    f"event: progress\ndata: {dumps(state_dict(run_id, 7, 100, time.time(), 5))}"
+                    f"\nid: {run_id}:7\n\n".encode()
+                )
+            ),
+        )
+    )
 
     from jose import jwt
 
@@ -149,6 +171,32 @@ def main() -> None:
         print(f"{label:<{width}}  {us:7.2f} us")
     kept = asyncio.run(stored_bytes(kwargs))
     print(f"{'memory per event kept in a MemoryRunStore':<{width}}  {kept:7.0f} B")
+    held, events = asyncio.run(progress_only_hour())
+    label = "1-hour progress-only run at 10/s (36,000 states), held"
+    print(f"{label:<{width}}  {held / 1024:7.1f} KB in {events} events")
+
+
+async def progress_only_hour(count: int = 36_000) -> tuple[int, int]:
+    """Bytes a default `MemoryRunStore` holds (tracemalloc) for a run that only reports
+    progress (no log lines), 10 states a second for an hour, and the events it keeps."""
+    from fastapi_ikstream import MemoryRunStore, StreamingRun
+
+    store = MemoryRunStore()
+    run_id = new_run_id()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        await store.create_run(run_id, principal=None)
+        run = StreamingRun(lambda on_progress: None, run_id=run_id)
+        run._sink = store.append
+        run._consumed = True
+        for k in range(count):
+            run.on_progress(state="STARTED", eta=[800, 2500], progress=(k, count))
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    held = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    return held, len(store._runs[run_id].log.read_after(0) or [])
 
 
 async def run_to_reader_us(

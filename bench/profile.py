@@ -39,7 +39,13 @@ PHASES = ("one", "fifty", "streams", "first")
 
 
 async def drive(
-    server: Server, phase: str, seconds: float, streams: int, every: int, runs: int
+    server: Server,
+    phase: str,
+    seconds: float,
+    streams: int,
+    every: int,
+    runs: int,
+    lines: int = 1,
 ) -> None:
     await loadgen.first_events(server.target, 5)
     if phase == "first":
@@ -49,7 +55,7 @@ async def drive(
     if phase in ("one", "fifty"):
         count = 1 if phase == "one" else 50
         result = await loadgen.throughput(
-            server.target, count, warmup=0.2, window=seconds, every=every
+            server.target, count, warmup=0.2, window=seconds, every=every, lines=lines
         )
         log(f"  {count} stream(s): {result['events_per_s']:,.0f} events/s (profiled)")
         return
@@ -63,7 +69,9 @@ async def profile_phase(name: str, phase: str, profiler: str, args: argparse.Nam
     server = Server(name, env={"BENCH_PROFILE": f"{profiler}:{raw}"})
     try:
         await server.wait_ready()
-        await drive(server, phase, args.seconds, args.streams, args.yield_every, args.runs)
+        await drive(
+            server, phase, args.seconds, args.streams, args.yield_every, args.runs, args.lines
+        )
         await asyncio.sleep(0.5)
     finally:
         server.stop(grace=60.0, sig=signal.SIGINT)
@@ -138,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--streams", type=int, default=5000)
     parser.add_argument("--yield-every", type=int, default=256)
+    parser.add_argument(
+        "--lines", type=int, default=1, help="log lines per state (5: five short ones)"
+    )
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument(
         "--objects", action="store_true", help="count GC-tracked objects per stream instead"

@@ -62,6 +62,16 @@ MESSAGE = (
 )[:303]
 """The log line every state carries; its length brings a state to ~530 bytes."""
 
+LINES_MESSAGES = (
+    "tile 7/12: 2 faces",
+    "14 keypoints",
+    "confidence 0.87",
+    "next on gpu 0",
+    "fp16, 31 ms",
+)
+"""With ``lines=5``, the five log lines of a state: ~512 bytes of JSON in all (the issue's
+"realistic update": several short lines rather than one long one)."""
+
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -70,7 +80,14 @@ def new_run_id() -> str:
     return "r_" + secrets.token_hex(12)
 
 
-def state_dict(run_id: str, seq: int, total: int, ts: float) -> dict[str, Any]:
+def log_lines(ts: float, lines: int = 1) -> list[dict[str, Any]]:
+    """A state's log lines: one long line (``lines=1``, default) or the five short ones."""
+    if lines == 1:
+        return [{"ts": ts, "level": "INFO", "message": MESSAGE}]
+    return [{"ts": ts, "level": "INFO", "message": m} for m in LINES_MESSAGES[:lines]]
+
+
+def state_dict(run_id: str, seq: int, total: int, ts: float, lines: int = 1) -> dict[str, Any]:
     """One progress state, field for field what the package sends for the same update."""
     return {
         "type": "progress",
@@ -80,7 +97,7 @@ def state_dict(run_id: str, seq: int, total: int, ts: float) -> dict[str, Any]:
         "state": "STARTED",
         "eta": [800, 2500],
         "progress": {"current": float(seq), "total": float(total)},
-        "logs": [{"ts": ts, "level": "INFO", "message": MESSAGE}],
+        "logs": log_lines(ts, lines),
     }
 
 
@@ -120,13 +137,14 @@ async def ticks(
         yield k
 
 
-def _params(request: Request) -> tuple[int, float, float, int]:
+def _params(request: Request) -> tuple[int, float, float, int, int]:
     query = request.query_params
     return (
         int(query.get("n", "10")),
         float(query.get("interval", "0")),
         float(query.get("start", "0")),
         int(query.get("every", str(YIELD_EVERY))),
+        int(query.get("lines", "1")),
     )
 
 
@@ -209,12 +227,12 @@ def floor_app() -> Starlette:
     dumps = json.JSONEncoder(separators=(",", ":")).encode
 
     async def stream(request: Request) -> Response:
-        n, interval, start, every = _params(request)
+        n, interval, start, every, lines = _params(request)
         run_id = new_run_id()
 
         async def body() -> AsyncIterator[bytes]:
             async for k in ticks(n, interval, start, every):
-                data = dumps(state_dict(run_id, k, n, time.time()))
+                data = dumps(state_dict(run_id, k, n, time.time(), lines))
                 yield f"event: progress\ndata: {data}\nid: {run_id}:{k}\n\n".encode()
 
         return StreamingResponse(body(), media_type="text/event-stream", headers=SSE_HEADERS)
@@ -232,12 +250,12 @@ def sse_starlette_app() -> Starlette:
     dumps = json.JSONEncoder(separators=(",", ":")).encode
 
     async def stream(request: Request) -> Response:
-        n, interval, start, every = _params(request)
+        n, interval, start, every, lines = _params(request)
         run_id = new_run_id()
 
         async def events() -> AsyncIterator[dict[str, str]]:
             async for k in ticks(n, interval, start, every):
-                data = dumps(state_dict(run_id, k, n, time.time()))
+                data = dumps(state_dict(run_id, k, n, time.time(), lines))
                 yield {"event": "progress", "data": data, "id": f"{run_id}:{k}"}
 
         return EventSourceResponse(events(), sep="\n", headers={"X-Accel-Buffering": "no"})
@@ -277,11 +295,15 @@ def fastapi_app() -> Any:
 
     @app.get(STREAM_PATH, response_class=EventSourceResponse)
     async def stream(
-        n: int = 10, interval: float = 0.0, start: float = 0.0, every: int = YIELD_EVERY
+        n: int = 10,
+        interval: float = 0.0,
+        start: float = 0.0,
+        every: int = YIELD_EVERY,
+        lines: int = 1,
     ) -> AsyncIterable[BenchState]:
         run_id = new_run_id()
         async for k in ticks(n, interval, start, every):
-            yield BenchState(**state_dict(run_id, k, n, time.time()))
+            yield BenchState(**state_dict(run_id, k, n, time.time(), lines))
 
     return app
 
@@ -295,13 +317,14 @@ async def package_run_fn(inputs: Any, parameters: Any, on_progress: Callable[...
     interval = float(parameters.get("interval", 0.0))
     start = float(parameters.get("start", 0.0))
     every = int(parameters.get("every", YIELD_EVERY))
+    lines = int(parameters.get("lines", 1))
     eta = [800, 2500]
     async for k in ticks(n, interval, start, every):
         on_progress(
             state="STARTED",
             eta=eta,
             progress={"current": float(k), "total": float(n)},
-            logs=[{"ts": time.time(), "level": "INFO", "message": MESSAGE}],
+            logs=log_lines(time.time(), lines),
         )
     return [{"DATA_DICT": {"tiles": n}}]
 
@@ -354,6 +377,10 @@ def package_app() -> Any:
         # Every stream of the load comes from one principal (one token): its per-caller
         # quotas would refuse the load, which models many callers.
         quotas=Quotas(runs=None, streams=None, resumes=None),
+        # The load generator never reconnects, and the peers stop producing as soon as their
+        # client goes: with the default 30 s grace, the unpaced 10-million-state runs of one
+        # measurement would go on producing for nobody through the next ones.
+        reconnect_grace=0,
     )
     app = FastAPI()
     app.include_router(router)
@@ -370,9 +397,13 @@ def package_run_app() -> Any:
 
     @app.get(STREAM_PATH)
     async def stream(
-        n: int = 10, interval: float = 0.0, start: float = 0.0, every: int = YIELD_EVERY
+        n: int = 10,
+        interval: float = 0.0,
+        start: float = 0.0,
+        every: int = YIELD_EVERY,
+        lines: int = 1,
     ) -> Response:
-        params = {"n": n, "interval": interval, "start": start, "every": every}
+        params = {"n": n, "interval": interval, "start": start, "every": every, "lines": lines}
         run = StreamingRun(lambda on_progress: package_run_fn(None, params, on_progress))
         return run.to_response()
 

@@ -5,12 +5,20 @@ cursor and wait for more. When the log holds more than ``max_events``, the oldes
 dropped; a reader whose cursor falls before the kept window is told so explicitly (a
 ``reset``), never skipped silently. A log may also be bounded in bytes: the oldest events
 go first, the latest one always stays.
+
+A log may compact superseded events: an event appended as ``supersedable`` (the memory
+store marks so a ``progress`` state without log lines or partial output) is superseded by
+the next such event, and once it is more than ``live_events`` events old it is removed.
+A reader skips what was removed: it gets every event that was not superseded, once, and
+always the latest supersedable one. So a run that only reports progress holds at most
+about ``3 * live_events`` events however long it runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from bisect import bisect_right
 from typing import Generic, TypeVar
 
 __all__ = ["RunLog"]
@@ -31,32 +39,49 @@ class RunLog(Generic[T]):
             more may be held between trims). Default 10,000.
         max_bytes: bytes kept at most (the sizes given to `append`); the last two events
             (a run's terminal state and ``done``) always stay. None for no bound. Default None.
+        live_events: superseded events younger than this many events are kept; older ones
+            are removed (see the module docstring). None compacts nothing. Default None.
     """
 
     __slots__ = (
         "_events",
+        "_latest_super",
+        "_seqs",
         "_sizes",
+        "_stale",
         "_waiters",
         "finished",
         "first_seq",
         "last_seq",
+        "live_events",
         "max_bytes",
         "max_events",
         "nbytes",
     )
 
-    def __init__(self, max_events: int = 10_000, max_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        max_events: int = 10_000,
+        max_bytes: int | None = None,
+        live_events: int | None = None,
+    ) -> None:
         self.max_events = max(1, max_events)
         self.max_bytes = max_bytes
+        self.live_events = None if live_events is None else max(1, live_events)
         self._events: list[T] = []
+        self._seqs: list[int] = []
         self._sizes: list[int] = []
+        self._stale: list[int] = []  # seqs of superseded events still held
+        self._latest_super = 0  # seq of the latest supersedable event (0: none)
         self._waiters: list[asyncio.Future[None]] = []
         self.first_seq = 1
         self.last_seq = 0
         self.finished = False
         self.nbytes = 0
 
-    def append(self, item: T, seq: int, kind: str, size: int = 0) -> None:
+    def append(
+        self, item: T, seq: int, kind: str, size: int = 0, supersedable: bool = False
+    ) -> None:
         """Add the next event.
 
         Args:
@@ -64,6 +89,8 @@ class RunLog(Generic[T]):
             seq: its seq, which must be ``last_seq + 1``.
             kind: its event kind; ``"done"`` ends the log.
             size: its size in bytes, counted against ``max_bytes``. Default 0.
+            supersedable: the next supersedable event makes this one obsolete (it may then
+                be removed, see ``live_events``). Default False.
 
         Raises:
             ValueError: the seq is out of order, or the log already ended with ``done``.
@@ -74,6 +101,7 @@ class RunLog(Generic[T]):
             raise ValueError(f"seq {seq} does not follow {self.last_seq}")
         events = self._events
         events.append(item)
+        self._seqs.append(seq)
         self.last_seq = seq
         if kind == "done":
             self.finished = True
@@ -82,16 +110,41 @@ class RunLog(Generic[T]):
             self.nbytes += size
             if self.nbytes > self.max_bytes:
                 self._trim_bytes(self.max_bytes)
+        if supersedable and self.live_events is not None:
+            if self._latest_super:
+                self._stale.append(self._latest_super)
+                if len(self._stale) >= 2 * self.live_events:
+                    self._compact(seq - self.live_events)
+            self._latest_super = seq
         if len(events) > self.max_events + (self.max_events >> 2):
             self._drop(len(events) - self.max_events)
         self._wake()
 
+    def _compact(self, before: int) -> None:
+        """Remove the superseded events whose seq is at most ``before``, in one pass."""
+        stale = self._stale
+        cut = bisect_right(stale, before)
+        gone = set(stale[:cut])
+        del stale[:cut]
+        if not gone:
+            return
+        keep = [index for index, seq in enumerate(self._seqs) if seq not in gone]
+        self._events = [self._events[index] for index in keep]
+        self._seqs = [self._seqs[index] for index in keep]
+        if self.max_bytes is not None:
+            sizes = self._sizes
+            self._sizes = [sizes[index] for index in keep]
+            self.nbytes = sum(self._sizes)
+
     def _drop(self, count: int) -> None:
         del self._events[:count]
+        del self._seqs[:count]
         if self.max_bytes is not None:
             self.nbytes -= sum(self._sizes[:count])
             del self._sizes[:count]
-        self.first_seq += count
+        self.first_seq = self._seqs[0] if self._seqs else self.last_seq + 1
+        if self._stale:
+            del self._stale[: bisect_right(self._stale, self.first_seq - 1)]
 
     def _trim_bytes(self, limit: int) -> None:
         """Drop the oldest events until at most three quarters of ``limit`` are held."""
@@ -120,14 +173,26 @@ class RunLog(Generic[T]):
             The events, or None when ``cursor`` is older than the kept window (the reader
             must reset to ``first_seq - 1``).
         """
+        entries = self.entries_after(cursor, limit)
+        return None if entries is None else entries[1]
+
+    def entries_after(
+        self, cursor: int, limit: int | None = None
+    ) -> tuple[list[int], list[T]] | None:
+        """Like `read_after`, with the events' seqs: ``(seqs, events)``.
+
+        Seqs may have gaps where superseded events were compacted.
+        """
         if cursor >= self.last_seq:
-            return []
+            return [], []
         if cursor + 1 < self.first_seq:
             return None
+        seqs = self._seqs
         start = cursor + 1 - self.first_seq
-        if limit is not None:
-            return self._events[start : start + limit]
-        return self._events[start:] if start else self._events[:]
+        if start >= len(seqs) or seqs[start] != cursor + 1:  # compacted: find the position
+            start = bisect_right(seqs, cursor)
+        end = len(seqs) if limit is None else start + limit
+        return seqs[start:end], self._events[start:end]
 
     async def wait(self, cursor: int, timeout: float | None) -> bool:
         """Wait until an event after ``cursor`` exists or the log ends.

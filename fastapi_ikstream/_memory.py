@@ -7,7 +7,7 @@ import time
 
 from ._exceptions import QuotaExceededError, RunNotFoundError, StoreError
 from ._log import RunLog
-from ._models import RunState, RunStatus
+from ._models import EventType, RunState, RunStatus
 from ._store import (
     CancelHandler,
     RunInfo,
@@ -82,19 +82,18 @@ class MemoryRunSubscription(Subscription):
         if self.cursor > log.last_seq:  # past the end: start again from what is kept
             head.append(reset_event(run_id, log.first_seq))
             self.cursor = log.first_seq - 1
-        texts = log.read_after(self.cursor, BATCH_EVENTS)
-        if texts is None:
+        entries = log.entries_after(self.cursor, BATCH_EVENTS)
+        if entries is None:
             head.append(reset_event(run_id, log.first_seq))
             self.cursor = log.first_seq - 1
-            texts = log.read_after(self.cursor, BATCH_EVENTS) or []
-        start = self.cursor + 1
+            entries = log.entries_after(self.cursor, BATCH_EVENTS) or ([], [])
         size = 0
         batch = head
-        for index, text in enumerate(texts):
+        for seq, text in zip(*entries, strict=True):
             if size >= BATCH_BYTES:
                 break  # the rest comes with the next batch, once this one is written
             size += len(text)
-            batch.append(StoredEvent(run_id, start + index, kind_of(text), text))
+            batch.append(StoredEvent(run_id, seq, kind_of(text), text))
         if batch:
             self.cursor = batch[-1].seq
             if batch[-1].type == "done":
@@ -168,6 +167,11 @@ class MemoryRunStore(RunStore):
             dropped first (a reader that asks for them gets a ``reset``), a run's terminal
             state and ``done`` always stay. Default 16 MiB.
         retention: seconds a finished run stays readable. Default 300.0.
+        live_progress: a ``progress`` state without log lines or partial output is
+            superseded by the next such state; once it is more than this many events old it
+            is removed from the run's log (a reader skips it and still gets the latest one),
+            so a run that only reports progress holds at most about three times this many
+            events, however long it runs. None keeps every event. Default 256.
     """
 
     def __init__(
@@ -177,8 +181,10 @@ class MemoryRunStore(RunStore):
         max_events_per_run: int = 10_000,
         max_bytes_per_run: int = 16 * 1024 * 1024,
         retention: float = 300.0,
+        live_progress: int | None = 256,
     ) -> None:
         self.max_runs = max_runs
+        self.live_progress = live_progress
         self.max_events_per_run = max_events_per_run
         self.max_bytes_per_run = max_bytes_per_run
         self.retention = retention
@@ -229,7 +235,9 @@ class MemoryRunStore(RunStore):
             if not finished:
                 raise StoreError("too many runs in progress")
             del self._runs[min(finished)[1]]
-        log: RunLog[str] = RunLog(self.max_events_per_run, self.max_bytes_per_run)
+        log: RunLog[str] = RunLog(
+            self.max_events_per_run, self.max_bytes_per_run, self.live_progress
+        )
         self._runs[run_id] = _MemoryRun(principal, log, quota_key, attached)
         if quota_key is not None:
             self._active.setdefault(quota_key, set()).add(run_id)
@@ -242,7 +250,10 @@ class MemoryRunStore(RunStore):
         if state.status is not None:
             run.status = state.status
         text = state.to_json()
-        run.log.append(text, state.seq, state.type.value, len(text))
+        supersedable = (
+            state.type is EventType.PROGRESS and not state.logs and state.partial_output is None
+        )
+        run.log.append(text, state.seq, state.type.value, len(text), supersedable)
         if run.log.finished:
             run.finished_at = time.monotonic()
             self._release(state.run_id, run.quota_key)

@@ -260,7 +260,8 @@ class RunState(BaseModel):
 
     def to_json(self) -> str:
         """Compact JSON with null fields left out, as sent in ``data:`` and JSON lines."""
-        return self.model_dump_json(exclude_none=True)
+        # The serializer itself: model_dump_json's wrapper costs a tenth of the call.
+        return self.__pydantic_serializer__.to_json(self, exclude_none=True).decode()
 
 
 _TERMINAL_TYPES = frozenset(

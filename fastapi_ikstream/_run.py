@@ -10,7 +10,6 @@ import asyncio
 import inspect
 import logging
 import secrets
-import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from typing import Any, TypeAlias
 
@@ -27,8 +26,6 @@ from ._log import RunLog
 from ._memory import MemoryRunSubscription
 from ._models import (
     EventType,
-    LogLine,
-    Progress,
     RunError,
     RunState,
     RunStatus,
@@ -37,6 +34,7 @@ from ._models import (
 )
 from ._response import EventStreamResponse, negotiate_media_type
 from ._shutdown import on_shutdown_signal
+from ._updates import eta_of, logs_of, progress_of, results_of, trusted_state
 from ._wire import check_sse_id, unnamed_events
 
 __all__ = ["DEFAULT_TIMEOUT", "OnProgress", "RunSource", "StreamingRun", "new_run_id"]
@@ -64,56 +62,6 @@ _SHUTDOWN = "the server is shutting down"
 def new_run_id() -> str:
     """A new unguessable run id: ``"r_"`` and 24 hex digits (96 random bits)."""
     return "r_" + secrets.token_hex(12)
-
-
-def _results_of(value: Any) -> list[dict[str, Any]] | None:
-    """Outputs as SCALE's single-key objects, from a list, a dict or an ``ikclient`` Results."""
-    if value is None:
-        return None
-    if isinstance(value, list):
-        return [dict(item) for item in value]
-    if isinstance(value, Mapping):
-        inner = value.get("results")
-        return _results_of(inner) if isinstance(inner, list) else [dict(value)]
-    outputs = getattr(value, "_outputs", None)  # ikclient.core.results.Results
-    if isinstance(outputs, list):
-        return [dict(item) for item in outputs]
-    return [{"DATA_DICT": value}] if isinstance(value, str | int | float | bool) else None
-
-
-def _logs_of(update: Mapping[str, Any]) -> list[Any] | None:
-    """Log lines as `RunState` validates them: `LogLine`s or dicts (a ``ts`` added if missing)."""
-    raw: list[Any] = []
-    if update.get("logs"):
-        raw.extend(update["logs"])
-    if update.get("log"):
-        raw.append(update["log"])
-    if not raw:
-        return None
-    now = time.time()
-    lines: list[Any] = []
-    for item in raw:
-        if isinstance(item, LogLine):
-            lines.append(item)
-        elif isinstance(item, Mapping):
-            lines.append(item if "ts" in item else {"ts": now, **item})
-        else:
-            lines.append({"ts": now, "message": str(item)})
-    return lines
-
-
-def _eta_of(value: Any) -> tuple[int | None, int | None]:
-    low, high = value
-    return (None if low is None else int(low), None if high is None else int(high))
-
-
-def _progress_of(value: Any) -> Progress | Mapping[str, Any] | None:
-    """A progress value as `RunState` validates it (a mapping is validated there, in one go)."""
-    if value is None or isinstance(value, Progress | Mapping):
-        return value
-    if isinstance(value, tuple | list):
-        return {"current": value[0], "total": value[1] if len(value) > 1 else None}
-    return {"current": value}
 
 
 def _text_sink(log: RunLog[str]) -> Callable[[RunState], None]:
@@ -275,35 +223,46 @@ class StreamingRun:
         if state is not None:
             self._state = str(state)
         if "eta" in update and update["eta"] is not None:
-            self._eta = _eta_of(update["eta"])
-        results = _results_of(update.get("results"))
+            self._eta = eta_of(update["eta"])
+        results = results_of(update.get("results"))
         if new_status is RunStatus.FAILED:
             return  # the exception that follows says why
         if new_status is not None:
             self._status = new_status
-        logs = _logs_of(update)
+        logs = logs_of(update)
         if results is not None:
             self._results = results
             self._send_result()
             return
-        if update.get("partial_output") is not None:
+        partial = update.get("partial_output")
+        if partial is not None:
             kind = EventType.PARTIAL
         elif logs and state is None and status is None and "eta" not in update:
             kind = EventType.LOG
         else:
             kind = EventType.PROGRESS
         if kind is EventType.LOG:
-            self._emit(kind, logs=logs)
-            return
-        self._emit(
-            kind,
-            status=self._status,
-            state=self._state,
-            eta=self._eta,
-            progress=_progress_of(update.get("progress")),
-            logs=logs,
-            partial_output=update.get("partial_output"),
-        )
+            fields: dict[str, Any] = {"logs": logs}
+        else:
+            fields = {
+                "status": self._status,
+                "state": self._state,
+                "eta": self._eta,
+                "progress": progress_of(update.get("progress")),
+                "logs": logs,
+                "partial_output": partial,
+            }
+        self._emit_trusted(kind, fields)  # every value is validated or the package's own
+
+    def _emit_trusted(self, type_: EventType, fields: dict[str, Any]) -> None:
+        self._seq += 1
+        if self._upstream_id is not None and "status" in fields:
+            fields["upstream_id"] = self._upstream_id
+        fields["type"] = type_
+        fields["run_id"] = self.run_id
+        fields["seq"] = self._seq
+        assert self._sink is not None
+        self._sink(trusted_state(fields))
 
     def _send_result(self) -> None:
         if self._result_sent:
@@ -335,7 +294,7 @@ class StreamingRun:
         if inspect.isawaitable(value):
             value = await value
         if not self._result_sent:
-            results = _results_of(value)
+            results = results_of(value)
             if results is not None:
                 self._results = results
 

@@ -50,6 +50,8 @@ def test_every_row_delivers_events(smoke):
         assert figures["events_per_s_50"] > 0, name
         assert figures["events_per_s_1_turn"] > 0, name
         assert figures["events_per_s_50_turn"] > 0, name
+        assert figures["events_per_s_1_turn5"] > 0, name
+        assert figures["events_per_s_50_turn5"] > 0, name
         assert figures["expected"] > 0, name
         assert figures["delivered"] == figures["expected"], name
         assert figures["first_event_p50_ms"] is not None, name
@@ -66,6 +68,7 @@ def test_staircase_and_targets_are_reported(smoke):
     assert [step["streams"] for step in staircase["levels"]] == report["config"]["big_levels"]
     assert all(step["delivered"] == step["expected"] > 0 for step in staircase["levels"])
     names = [target["target"] for target in report["targets"]]
-    assert len(names) == 9
+    assert len(names) == 11
+    assert "1-stream events/s vs floor, 5-line state per turn" in names
     for target in report["targets"]:
         assert ("PASS" if target["pass"] else "FAIL") + "  " + target["target"] in stdout

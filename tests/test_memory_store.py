@@ -96,3 +96,116 @@ async def test_unfinished_runs_are_counted_per_caller_and_given_back_with_done()
     assert store.active_runs("k") == 1
     await store.create_run("c", principal=None, quota_key="k", max_active=2)
     assert store.active_runs("k") == 2
+
+
+def progress(run_id: str, seq: int, current: float) -> RunState:
+    return state(run_id, seq, state="STARTED", progress={"current": current, "total": 36_000.0})
+
+
+async def events_of(store: MemoryRunStore, run_id: str, after: int = 0) -> list[tuple[str, int]]:
+    sub = store.subscribe(run_id, after)
+    out: list[tuple[str, int]] = []
+    while (batch := await sub.next_batch(0.01)) is not None and batch:
+        out += [(e.type, e.seq) for e in batch]
+    await sub.aclose()
+    return out
+
+
+async def test_a_long_progress_only_run_holds_a_bounded_log_and_replays_the_latest() -> None:
+    store = MemoryRunStore()  # defaults: superseded progress compacted
+    await store.create_run("long", principal=None)
+    store.append(state("long", 1, EventType.RUN, status=RunStatus.RECEIVED))
+    for seq in range(2, 36_002):  # one hour at 10 states a second
+        store.append(progress("long", seq, float(seq)))
+    log = store._runs["long"].log
+    held = log.read_after(0) or []
+    assert len(held) <= 3 * 256 + 1
+    assert sum(len(text) for text in held) <= 256 * 1024
+    assert held[-1] == progress("long", 36_001, 36_001.0).to_json()  # the latest, exactly
+    store.append(state("long", 36_002, EventType.RESULT, status=RunStatus.COMPLETED, results=[]))
+    store.append(state("long", 36_003, EventType.DONE, status=RunStatus.COMPLETED))
+    events = await events_of(store, "long")
+    seqs = [seq for _, seq in events]
+    assert events[0] == ("run", 1)
+    assert events[-3:] == [("progress", 36_001), ("result", 36_002), ("done", 36_003)]
+    assert seqs == sorted(set(seqs))  # in order, each once
+    assert "reset" not in {kind for kind, _ in events}
+
+
+async def test_resume_across_compaction_gets_every_non_superseded_event_once() -> None:
+    store = MemoryRunStore(live_progress=4)
+    await store.create_run("r", principal=None)
+    store.append(state("r", 1, EventType.RUN, status=RunStatus.RECEIVED))
+    log_seqs: list[int] = []
+    seq = 1
+    seen: list[tuple[str, int]] = []
+    cursor = 0
+    for round_ in range(40):
+        for _ in range(7):
+            seq += 1
+            store.append(progress("r", seq, float(seq)))
+        seq += 1
+        store.append(state("r", seq, EventType.LOG, logs=[{"ts": 1.0, "message": f"{round_}"}]))
+        log_seqs.append(seq)
+        if round_ % 3 == 0:  # a reader that comes and goes, resuming from its last id
+            got = await events_of(store, "r", cursor)
+            seen += got
+            cursor = got[-1][1]
+    seq += 1
+    store.append(progress("r", seq, float(seq)))
+    seen += await events_of(store, "r", cursor)
+    seqs = [s for _, s in seen]
+    assert seqs == sorted(set(seqs))  # exactly once, in order
+    assert [s for kind, s in seen if kind == "log"] == log_seqs  # no log line lost
+    assert seen[0] == ("run", 1)
+    assert seen[-1] == ("progress", seq)  # the latest state
+    assert "reset" not in {kind for kind, _ in seen}
+    fresh = await events_of(store, "r")  # a reader from the start gets the same history
+    assert [s for kind, s in fresh if kind == "log"] == log_seqs
+    assert len(fresh) < seq  # superseded states were compacted
+
+
+async def test_a_cursor_before_the_kept_window_still_gets_a_reset_with_compaction() -> None:
+    store = MemoryRunStore(max_events_per_run=10, live_progress=2)
+    await store.create_run("r", principal=None)
+    store.append(state("r", 1, EventType.RUN, status=RunStatus.RECEIVED))
+    for seq in range(2, 60):
+        if seq % 2:
+            store.append(state("r", seq, EventType.LOG, logs=[{"ts": 1.0, "message": "m"}]))
+        else:
+            store.append(progress("r", seq, float(seq)))
+    events = await events_of(store, "r", 1)
+    assert events[0][0] == "reset"
+    first = store._runs["r"].log.first_seq
+    assert events[0][1] == first - 1
+    seqs = [s for _, s in events[1:]]
+    assert seqs[0] == first
+    assert seqs == sorted(set(seqs))
+    assert events[-1] == ("log", 59)
+
+
+async def test_a_live_reader_meets_compaction_without_duplicates() -> None:
+    store = MemoryRunStore(live_progress=2)
+    await store.create_run("r", principal=None)
+    store.append(state("r", 1, EventType.RUN, status=RunStatus.RECEIVED))
+    sub = store.subscribe("r", 0)
+    got: list[tuple[str, int]] = []
+
+    async def read() -> None:
+        while (batch := await sub.next_batch(1.0)) is not None:
+            got.extend((e.type, e.seq) for e in batch)
+
+    reader = asyncio.create_task(read())
+    seq = 1
+    for burst in range(30):
+        for _ in range(burst % 9):  # bursts bigger than the live window, then a turn
+            seq += 1
+            store.append(progress("r", seq, float(seq)))
+        await asyncio.sleep(0)
+    seq += 1
+    store.append(state("r", seq, EventType.DONE, status=RunStatus.COMPLETED))
+    await asyncio.wait_for(reader, 5)
+    seqs = [s for _, s in got]
+    assert seqs == sorted(set(seqs))
+    assert got[-1] == ("done", seq)
+    assert got[-2] == ("progress", seq - 1)
