@@ -149,6 +149,17 @@ class Admission:
         else:
             self._streams.pop(key, None)
 
+    async def aclose(self, *, own_rate_limit: bool) -> None:
+        """Close the storage connections of the limits this object made (Redis pools).
+
+        Args:
+            own_rate_limit: the rate limit was made by the router (from a string), not
+                handed in by the app, which then closes it itself.
+        """
+        for made in (self.rate_limit if own_rate_limit else None, self.resume_limit):
+            if made is not None:
+                await made.aclose()
+
     def open_streams(self, key: str) -> int:
         """Streams ``key`` has open on this worker."""
         return self._streams.get(key, 0)

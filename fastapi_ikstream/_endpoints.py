@@ -150,8 +150,18 @@ class RouterCore:
             self.admission.close_stream(key)
             raise
 
+        observer = self.manager.observer
+        on_sent = None
+        if observer is not None:
+            observer.stream_opened(run_id, resumed=after_seq > 0)
+
+            def on_sent(events: int, nbytes: int) -> None:
+                observer.sent(run_id, events, nbytes)
+
         async def on_close() -> None:
             self.admission.close_stream(key)
+            if observer is not None:
+                observer.stream_closed()
             await self.manager.reader_left(run_id)
 
         return EventStreamResponse(
@@ -163,6 +173,7 @@ class RouterCore:
             on_close=on_close,
             registry=self.manager.streams,
             named_events=self.named_events,
+            on_sent=on_sent,
         )
 
     def check_accepting(self) -> None:

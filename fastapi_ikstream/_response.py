@@ -114,6 +114,8 @@ class EventStreamResponse(Response):
         named_events: write each SSE event's ``event:`` line. False sends unnamed events
             (the kind stays in the JSON ``type``), which ``EventSource.onmessage`` receives.
             Default True.
+        on_sent: called as ``on_sent(events, nbytes)`` after each write of events (not of
+            keep-alives), for metering. Default None.
     """
 
     def __init__(
@@ -129,8 +131,10 @@ class EventStreamResponse(Response):
         status_code: int = 200,
         registry: set[StreamHandle] | None = None,
         named_events: bool = True,
+        on_sent: Callable[[int, int], None] | None = None,
     ) -> None:
         self.registry = registry
+        self.on_sent = on_sent
         self.named_events = named_events
         self._subscription = subscription
         self.status_code = status_code
@@ -190,6 +194,8 @@ class EventStreamResponse(Response):
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 else:
                     await _send_slices(send, chunk)
+                if events and self.on_sent is not None:
+                    self.on_sent(len(events), len(chunk))
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             if self.background is not None:
                 await self.background()

@@ -44,13 +44,22 @@ def _limited(receive: Receive, limit: int) -> Receive:
     return limited
 
 
-def body_limited_route(max_body_size: int) -> type[APIRoute]:
+def body_limited_route(
+    max_body_size: int, on_reject: Callable[[int, str], None] | None = None
+) -> type[APIRoute]:
     """A route class answering 413 (JSON) past ``max_body_size`` bytes, and 405 with ``Allow``.
 
     Args:
         max_body_size: bytes a request body may have; checked on ``Content-Length`` before
             reading, and while reading a body without one.
+        on_reject: called as ``on_reject(status, reason)`` for every 4xx and 5xx answer the
+            route gives before a stream (metrics). Default None.
     """
+
+    def rejected(status: int, reason: str) -> None:
+        if on_reject is not None and status >= 400:
+            on_reject(status, reason)
+
     allowed: dict[str, set[str]] = {}
 
     class BodyLimitedRoute(APIRoute):
@@ -76,6 +85,10 @@ def body_limited_route(max_body_size: int) -> type[APIRoute]:
                 elif int(declared) > max_body_size:
                     response = _too_large(max_body_size)
             if response is not None:
+                rejected(
+                    response.status_code,
+                    "too_large" if response.status_code == 413 else "bad_request",
+                )
                 await response(scope, receive, send)
                 return
             await super().handle(scope, receive, send)
@@ -87,9 +100,16 @@ def body_limited_route(max_body_size: int) -> type[APIRoute]:
                 try:
                     response: Response = await handler(request)
                 except RequestValidationError as exc:  # never a 500 for a non-finite number
+                    rejected(422, "invalid")
                     return validation_error_response(exc)
                 except StoreError as exc:  # e.g. Redis is away: 503, no internals
+                    rejected(503, "store_unavailable")
                     return store_error_response(exc)
+                except HTTPException as exc:
+                    rejected(exc.status_code, _reason(exc))
+                    raise
+                if response.status_code >= 400:
+                    rejected(response.status_code, "refused")
                 return response
 
             return guarded
@@ -102,3 +122,13 @@ def _content_length(scope: Scope) -> str | None:
         if name == b"content-length":
             return str(value.decode("latin-1"))
     return None
+
+
+def _reason(exc: HTTPException) -> str:
+    """A short word for a refusal: the ``error`` of its detail, else from its status."""
+    detail = exc.detail
+    if isinstance(detail, dict) and isinstance(detail.get("error"), str):
+        return str(detail["error"])
+    return {401: "unauthorized", 403: "forbidden", 404: "not_found", 406: "not_acceptable"}.get(
+        exc.status_code, "refused"
+    )

@@ -32,6 +32,7 @@ from ._exceptions import DeploymentError
 from ._inputs import query_model_for, run_request_from_query
 from ._memory import MemoryRunStore
 from ._models import RunState
+from ._observe import OnUsage, RunObserver
 from ._openapi import ERROR_RESPONSES, RunCreated, RunSnapshot, stream_responses
 from ._request import RunRequest
 from ._response import EventStreamResponse, negotiate_media_type
@@ -214,6 +215,8 @@ def create_router(
     name: str | None = None,
     browser_module: bool = True,
     named_events: bool = True,
+    on_usage: OnUsage | None = None,
+    metrics: Any = None,
 ) -> StreamRouter:
     """Make an `APIRouter` that runs ``deployment`` and streams its runs.
 
@@ -274,6 +277,10 @@ def create_router(
         named_events: write each SSE event's ``event:`` line. False sends unnamed events
             (the kind stays in the JSON ``type``) for ``EventSource.onmessage`` code.
             Default True.
+        on_usage: called (awaited if async) with one ``fastapi_ikstream.usage.UsageRecord``
+            per run this worker ran, once its run has ended, however it ended. Default None.
+        metrics: a ``fastapi_ikstream.metrics.PrometheusMetrics`` to report runs, streams,
+            events, bytes, resumes and refusals to. Default None.
 
     Returns:
         A `StreamRouter` (an `APIRouter`).
@@ -286,11 +293,15 @@ def create_router(
     _check_timing(on_disconnect, reconnect_grace, retry)
     label = name or (path.strip("/").replace("/", "_").replace("-", "_") or "run")
     run_store = make_store(store) if store is not None else MemoryRunStore()
+    observer = None
+    if on_usage is not None or metrics is not None:
+        observer = RunObserver(label, on_usage=on_usage, metrics=metrics)
     manager = RunManager(
         run_store,
         on_disconnect=on_disconnect,
         reconnect_grace=reconnect_grace,
         drain_timeout=drain_timeout,
+        observer=observer,
     )
     shared = not rate_limit_storage.startswith("memory://")
     scope = rate_limit_scope or (f"ikstream:{label}" if shared else None)
@@ -317,15 +328,15 @@ def create_router(
         finally:
             await manager.aclose()
             # the limits this router made hold Redis connections: close them
-            for made in (limiter if isinstance(rate_limit, str) else None, concurrency):
-                if made is not None:
-                    await made.aclose()
+            await admission.aclose(own_rate_limit=isinstance(rate_limit, str))
 
     router = StreamRouter(
         tags=list(tags) if tags else None,
         dependencies=list(dependencies),
         lifespan=lifespan,
-        route_class=body_limited_route(max_body_size),
+        route_class=body_limited_route(
+            max_body_size, observer.rejected if observer is not None else None
+        ),
         responses=ERROR_RESPONSES,
     )
     router.deployment_provider = DeploymentProvider(as_deployment(deployment))

@@ -28,6 +28,7 @@ import logging
 from typing import Literal
 
 from ._exceptions import StoreError
+from ._observe import RunObserver
 from ._response import StreamHandle
 from ._run import StreamingRun
 from ._shutdown import on_shutdown_signal
@@ -56,6 +57,7 @@ class RunManager:
             comes back after that delay, plus its own jitter). Default 30.0.
         drain_timeout: seconds owned runs may take to finish at shutdown before they are
             cancelled. Default 5.0.
+        observer: told when runs start and end (usage records, metrics). Default None.
     """
 
     def __init__(
@@ -65,8 +67,10 @@ class RunManager:
         on_disconnect: DisconnectPolicy = "cancel",
         reconnect_grace: float = DEFAULT_RECONNECT_GRACE,
         drain_timeout: float = 5.0,
+        observer: RunObserver | None = None,
     ) -> None:
         self.store = store
+        self.observer = observer
         self.on_disconnect = on_disconnect
         self.reconnect_grace = reconnect_grace
         self.drain_timeout = drain_timeout
@@ -143,14 +147,19 @@ class RunManager:
         if attached:
             self.attached.add(run_id)
         task = run.start(self.store.append)
-        task.add_done_callback(lambda _: self._finished(run_id))
+        if self.observer is not None:
+            self.observer.run_started(run, owner)
+        task.add_done_callback(lambda _: self._finished(run))
 
     async def start_run(self, run: StreamingRun, *, principal: str | None) -> None:
         """Start an attached run owned by ``principal`` (see `create`)."""
         await self.create(run, owner=principal)
 
-    def _finished(self, run_id: str) -> None:
+    def _finished(self, run: StreamingRun) -> None:
+        run_id = run.run_id
         self.runs.pop(run_id, None)
+        if self.observer is not None:
+            self.observer.run_finished(run)
         self.attached.discard(run_id)
         grace = self._grace_tasks.pop(run_id, None)
         if grace is not None:
@@ -253,6 +262,8 @@ class RunManager:
             await self._shutdown_task
         else:
             await self.shutdown()
+        if self.observer is not None:
+            await self.observer.drain()
         for unhook in self._unhook:
             if callable(unhook):
                 unhook()

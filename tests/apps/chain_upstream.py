@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from fastapi_ikstream import create_router
+from fastapi_ikstream import Quotas, create_router
 
 STEPS = 8
 
@@ -62,7 +62,12 @@ def make_app(**options: Any) -> tuple[FastAPI, list[Call]]:
     calls: list[Call] = []
     app = FastAPI()
     app.include_router(
-        create_router(slow_generator(calls), path="/job", **{"retry": 20, **options}),
+        create_router(
+            slow_generator(calls),
+            path="/job",
+            # its one caller (the edge server) resumes every cut: no per-caller resume budget
+            **{"retry": 20, "quotas": Quotas(resumes=None), **options},
+        ),
         prefix="/api",
     )
     return app, calls
