@@ -23,7 +23,7 @@ from fastapi_ikstream.testing import FakeDeployment
 
 pytestmark = pytest.mark.timeout(60)
 
-BODY = {"inputs": [], "parameters": {}}
+BODY: dict[str, object] = {"inputs": [], "parameters": {}}
 READERS = 10
 DELAY = 0.1
 SHORT = {"retry": 100, "reconnect_grace": 0.3}

@@ -23,13 +23,9 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import ThreadServer, free_port, serve
 from fastapi import FastAPI
-from redis_server import RedisServer, run_redis_server
-
-from fastapi_ikstream import MemoryRunStore, create_router
-from fastapi_ikstream.redis import RedisRunStore
-from tests.conftest import ThreadServer, free_port, serve
-from tests.lifecycle_support import (
+from lifecycle_support import (
     Job,
     Modes,
     bearer,
@@ -38,6 +34,10 @@ from tests.lifecycle_support import (
     jwt_key,
     wait_finished,
 )
+from redis_server import RedisServer, run_redis_server
+
+from fastapi_ikstream import MemoryRunStore, create_router
+from fastapi_ikstream.redis import RedisRunStore
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.redis]
 
@@ -439,7 +439,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi_ikstream import create_router
 from fastapi_ikstream.redis import RedisRunStore
-from tests.lifecycle_support import Job, Modes, jwt_auth
+from lifecycle_support import Job, Modes, jwt_auth
 
 url, prefix, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 store = RedisRunStore(url, prefix=prefix, lease_seconds=0.5, sweep_interval=0.25)

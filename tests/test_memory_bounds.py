@@ -10,9 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from tests.conftest import free_port
-from tests.test_shutdown import wait_ready
+from conftest import free_port
+from test_shutdown import wait_ready
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,7 +14,7 @@ def state(
 ) -> RunState:
     if type_ is EventType.PROGRESS:
         fields.setdefault("status", RunStatus.RUNNING)
-    return RunState(type=type_, run_id=run_id, seq=seq, **fields)  # type: ignore[arg-type]
+    return RunState(type=type_, run_id=run_id, seq=seq, **fields)
 
 
 def fill(store: MemoryRunStore, run_id: str, n: int, size: int, *, done: bool) -> None:

@@ -14,13 +14,13 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import free_port
 from fastapi import FastAPI
 from httpx_sse import aconnect_sse
+from test_shutdown import wait_ready
 
 from fastapi_ikstream import create_router
 from fastapi_ikstream.testing import FakeDeployment
-from tests.conftest import free_port
-from tests.test_shutdown import wait_ready
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -72,6 +72,7 @@ async def test_sigterm_lets_a_plain_route_run_finish_within_the_drain_and_cancel
                 await asyncio.gather(*tasks)
                 returncode = await process.wait()
             exited = time.monotonic() - signalled
+        assert process.stderr is not None
         errors = (await process.stderr.read()).decode()
     finally:
         if process.returncode is None:

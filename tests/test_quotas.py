@@ -11,14 +11,14 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import serve
 from fastapi import FastAPI
+from lifecycle_support import Job, Modes, bearer, eventually, jwt_auth, wait_finished
 from redis_server import RedisServer, run_redis_server
 
 from fastapi_ikstream import MemoryRunStore, Quotas, create_router
 from fastapi_ikstream.redis import RedisRunStore
 from fastapi_ikstream.security import APIKeyAuth
-from tests.conftest import serve
-from tests.lifecycle_support import Job, Modes, bearer, eventually, jwt_auth, wait_finished
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.redis]
 

@@ -6,8 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from redis_server import RedisServer, run_redis_server
-
-from tests.test_quotas import check_rejected_and_dropped_leave_both_slots_free
+from test_quotas import check_rejected_and_dropped_leave_both_slots_free
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.redis]
 

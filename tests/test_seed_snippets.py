@@ -30,6 +30,7 @@ from pydantic import BaseModel
 
 from fastapi_ikstream import DeploymentError, RunFailedError, StreamingRun, create_router
 from fastapi_ikstream.client import (
+    ImageOutput,
     StreamHTTPError,
     StreamTimeoutError,
     process_json_stream,
@@ -461,7 +462,9 @@ async def test_python_seed001_streaming_response_and_eta(http):
         http.stream("GET", "/api/generate-image", params={"prompt": "A puppy"}),
         on_progress=lambda progress: etas.append(progress.eta[1] if progress.eta else None),
     )
-    assert results.get_output(0).data_url == f"data:image/png;base64,{PNG_B64}"
+    image = results.get_output(0)
+    assert isinstance(image, ImageOutput)
+    assert image.data_url == f"data:image/png;base64,{PNG_B64}"
     assert 1000 in etas
     with pytest.raises(StreamHTTPError) as caught:
         await process_streaming_response(http.stream("GET", "/api/generate-image"))

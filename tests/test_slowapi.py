@@ -12,7 +12,7 @@ from fastapi_ikstream import create_router
 from fastapi_ikstream.ratelimit import SlowAPILimit
 from fastapi_ikstream.testing import FakeDeployment
 
-BODY = {"inputs": []}
+BODY: dict[str, object] = {"inputs": []}
 
 
 def by_team(request: Request) -> str:
@@ -27,7 +27,7 @@ def make_app(limiter: Limiter, *, slowapi_handler: bool) -> FastAPI:
     app = FastAPI()
     app.state.limiter = limiter
     if slowapi_handler:
-        app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)
+        app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
     deployment = FakeDeployment([{"state": "STARTED"}])
     app.include_router(create_router(deployment, path="/g", rate_limit=(limiter, "2/minute")))
     return app

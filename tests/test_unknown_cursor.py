@@ -345,7 +345,7 @@ async def test_unknown_run_cursor_gets_404_json_on_every_endpoint_and_starts_not
     with serve_app(make_app(fake)) as server:
         base = f"{server.url}/api/gen"
         async with httpx.AsyncClient(timeout=10) as http:
-            requests = [
+            requests: list[tuple[str, str, dict[str, Any]]] = [
                 ("POST", f"{base}/stream", {"json": BODY}),
                 ("GET", f"{base}/stream", {"params": {"prompt": "a cat"}}),
                 ("GET", f"{base}/runs/r_0123456789abcdef01234567/events", {}),

@@ -212,7 +212,7 @@ async def test_odd_accept_headers(
         response = await http.post(
             "/api/gen/stream",
             json={"prompt": "x", "steps": 1},
-            headers={**headers, "Accept": accept.strip().encode()},
+            headers=dict[Any, Any]({**headers, "Accept": accept.strip().encode()}),
         )
     assert response.status_code < 500
     if expected is not None:
@@ -272,7 +272,7 @@ async def test_bad_last_event_ids(
     value = template.replace("{run}", finished_run)
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
         for name, params in (("header", {}), ("query", {"last_event_id": value})):
-            sent = {**headers, "Last-Event-ID": value.encode()}
+            sent: dict[Any, Any] = {**headers, "Last-Event-ID": value.encode()}
             response = await http.get(
                 f"/api/gen/runs/{finished_run}/events",
                 params=params,

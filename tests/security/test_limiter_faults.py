@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -47,7 +48,8 @@ async def test_rate_limit_when_redis_is_killed(redis_server: RedisServer, fail_o
             with pytest.raises(HTTPException) as refused:
                 await limit.hit(fake_request())
             assert refused.value.status_code == 503
-            assert refused.value.detail["error"] == "limit_storage_unavailable"
+            detail: Any = refused.value.detail
+            assert detail["error"] == "limit_storage_unavailable"
             assert str(redis_server.port) not in repr(refused.value.detail)
     finally:
         await limit.aclose()

@@ -175,7 +175,7 @@ async def test_a_huge_cursor_on_a_running_run_ends_with_the_run(
         store.append(state(run_id, 2))
         store.append(state(run_id, 3, EventType.DONE))
         await store.flush(run_id)
-        rest = []
+        rest: list[int] = []
         while (batch := await subscription.next_batch(0.3)) is not None:
             rest.extend(e.seq for e in batch)
         assert rest == [2, 3]  # and the read ends with the run
