@@ -142,9 +142,14 @@ class CuttingProxy:
     async def _relay_chunks(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stream: bool
     ) -> bool:
-        """Relay one chunked body; False if it was cut (the connection is to be closed)."""
+        """Relay one chunked body; False if it was cut (the connection is to be closed).
+
+        Events are counted when complete (their blank line relayed): an event split over
+        several chunks, as a large one is, counts once, in the chunk that ends it.
+        """
         limit = self.cut_at() if stream and self.cut_at is not None else None
         relayed = events = 0
+        tail = b""  # the start of an event whose end has not come yet
         while True:
             size_line = await reader.readuntil(b"\r\n")
             size = int(size_line.split(b";")[0], 16)
@@ -154,9 +159,12 @@ class CuttingProxy:
                 await writer.drain()
                 await self._cut()
                 return False
-            if stream and self.cut_after is not None and size and self._may_cut():
-                kept = _first_events(piece[len(size_line) : -2], self.cut_after - events)
-                if kept is not None and not (self.spare_done and b"event: done\n" in kept):
+            body = tail + piece[len(size_line) : -2]
+            wanted = None if self.cut_after is None else self.cut_after - events
+            if stream and wanted is not None and wanted > 0 and size and self._may_cut():
+                end = _end_of_events(body, wanted)
+                if end is not None and not (self.spare_done and b"event: done\n" in body[:end]):
+                    kept = body[len(tail) : end]
                     writer.write(b"%x\r\n%s\r\n" % (len(kept), kept))
                     await writer.drain()
                     await self._cut()
@@ -166,12 +174,21 @@ class CuttingProxy:
             relayed += len(piece)
             if size == 0:
                 return True
-            events += (b"\n" + piece[len(size_line) :]).count(b"\ndata:")
+            last = body.rfind(b"\n\n")
+            complete = 0 if last < 0 else last + 2
+            events += _data_blocks(body[:complete])
+            tail = body[complete:]
 
 
-def _first_events(payload: bytes, wanted: int) -> bytes | None:
-    """The start of ``payload`` up to the end of its ``wanted``-th event (the block with its
-    ``data:`` line), or None if it holds fewer events than that."""
+def _data_blocks(text: bytes) -> int:
+    """How many events (blocks with a ``data:`` line) the complete blocks of ``text`` hold."""
+    blocks = text.split(b"\n\n")[:-1]
+    return sum(1 for block in blocks if (b"\n" + block).count(b"\ndata:"))
+
+
+def _end_of_events(payload: bytes, wanted: int) -> int | None:
+    """The offset in ``payload`` of the end of its ``wanted``-th complete event (the block
+    with its ``data:`` line), or None if it holds fewer complete events than that."""
     end = 0
     while wanted > 0:
         block_end = payload.find(b"\n\n", end)
@@ -180,4 +197,4 @@ def _first_events(payload: bytes, wanted: int) -> bytes | None:
         if (b"\n" + payload[end:block_end]).count(b"\ndata:"):
             wanted -= 1
         end = block_end + 2
-    return payload[:end]
+    return end
