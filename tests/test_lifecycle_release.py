@@ -454,7 +454,7 @@ uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 def start_worker(redis_url: str, prefix: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-c", _WORKER, redis_url, prefix, str(port)], cwd=ROOT
+        [sys.executable, "-c", _WORKER, redis_url, prefix, str(port)], cwd=ROOT / "tests"
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20

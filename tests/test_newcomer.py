@@ -263,6 +263,10 @@ NOT_RUN = {
     "docs/concepts/resumability.md#1": "uvicorn app:app --workers 4 needs the reader's app; "
     "several workers are tested by tests/test_redis_workers.py",
     "docs/performance.md#2": "benchmark runs of minutes that rewrite bench/results/",
+    "docs/recipes/chain.md#1": "pip install of the remote extra into the reader's own "
+    "environment; scripts/test.sh installs the same extras from this checkout",
+    "docs/recipes/monitor.md#1": "pip install of the metrics and otel extras into the "
+    "reader's own environment; scripts/test.sh installs the same extras from this checkout",
 }
 
 

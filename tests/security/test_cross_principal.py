@@ -101,18 +101,20 @@ async def test_no_caller_reaches_another_callers_run(server: ThreadServer, owner
             expected = 401 if not headers or (path == "/jwt" and "X-API-Key" in headers) else 404
             if statuses != [expected] * 4:
                 leaks.append((name, statuses))
-            # a resume with the owner's event id starts a run of the caller's own
+            # a resume with the owner's event id is refused exactly as one naming no run is
+            # (it never starts work, and tells nothing of the owner's run)
             if expected == 404:
-                async with http.stream(
-                    "POST",
-                    f"{path}/stream",
-                    json={"parameters": {"steps": 1}},
-                    headers={**headers, "Last-Event-ID": f"{run_id}:1"},
-                ) as resumed:
-                    assert resumed.status_code == 200
-                    assert resumed.headers["x-run-id"] != run_id
-                    body = (await resumed.aread()).decode()
-                    assert run_id not in body
+                answers = []
+                for cursor in (f"{run_id}:1", "r_000000000000000000000000:1"):
+                    resumed = await http.post(
+                        f"{path}/stream",
+                        json={"parameters": {"steps": 1}},
+                        headers={**headers, "Last-Event-ID": cursor},
+                    )
+                    assert resumed.headers["content-type"] == "application/json"
+                    assert run_id not in resumed.text
+                    answers.append((resumed.status_code, resumed.json()["detail"]["error"]))
+                assert answers == [(404, "run_not_found")] * 2, name
         # the owner still reaches it, and its run was not cancelled by any probe
         state = await http.get(f"{owner_path}/runs/{run_id}", headers=owner_headers)
         assert state.status_code == 200
