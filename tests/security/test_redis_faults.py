@@ -23,6 +23,7 @@ from redis_server import RedisServer
 
 from fastapi_ikstream import (
     EventType,
+    Quotas,
     RunState,
     RunStatus,
     StoreError,
@@ -53,7 +54,10 @@ def redis_server(redis_port: int) -> Iterator[RedisServer]:
 def app_on(url: str) -> FastAPI:
     store = RedisRunStore(url, prefix=f"f{uuid.uuid4().hex[:8]}:")
     app = FastAPI()
-    app.include_router(create_router(slow_job, path="/job", store=store, keep_alive=1.0))
+    quotas = Quotas(runs=STREAMS + 10, streams=STREAMS + 10)  # one anonymous caller, many runs
+    app.include_router(
+        create_router(slow_job, path="/job", store=store, keep_alive=1.0, quotas=quotas)
+    )
     return app
 
 
