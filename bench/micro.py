@@ -24,9 +24,10 @@ def per_call_us(fn: Callable[[], Any], number: int = 20_000) -> float:
 
 
 def main() -> None:
-    from fastapi_ikstream import LogLine, MemoryRunStore, Progress, RunState, StreamingRun
+    from fastapi_ikstream import MemoryRunStore, RunState, StreamingRun
     from fastapi_ikstream._store import StoredEvent
     from fastapi_ikstream._wire import sse_block
+    from fastapi_ikstream.models import LogLine, Progress
 
     run_id = new_run_id()
     dumps = json.JSONEncoder(separators=(",", ":")).encode

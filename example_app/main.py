@@ -62,7 +62,8 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
 from example_app.workflow import SAMPLES, FaceCannyWorkflow
-from fastapi_ikstream import create_router, validation_exception_handler
+from fastapi_ikstream import create_router
+from fastapi_ikstream.errors import validation_exception_handler
 from fastapi_ikstream.ratelimit import RateLimit
 from fastapi_ikstream.security import JWTBearer, create_access_token
 

@@ -64,7 +64,8 @@ import cv2
 import cv2.data
 import numpy as np
 
-from fastapi_ikstream import DeploymentError, decode_image_input
+from fastapi_ikstream import DeploymentError
+from fastapi_ikstream.models import decode_image_input
 
 __all__ = [
     "DEFAULT_PARAMETERS",

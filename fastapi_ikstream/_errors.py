@@ -10,7 +10,7 @@ JSON parser accepts) that echo cannot be encoded as JSON and the caller gets a p
 routes::
 
     from fastapi.exceptions import RequestValidationError
-    from fastapi_ikstream import validation_exception_handler
+    from fastapi_ikstream.errors import validation_exception_handler
 
     app.add_exception_handler(RequestValidationError, validation_exception_handler)
 """

@@ -24,8 +24,8 @@ from fastapi_ikstream import (
     RunStatus,
     StreamingRun,
     create_router,
-    encode_sse,
 )
+from fastapi_ikstream.wire import encode_sse
 
 pytestmark = [
     pytest.mark.browser,

@@ -21,14 +21,11 @@ from pydantic import BaseModel
 from fastapi_ikstream import (
     DeploymentError,
     EventType,
-    RunCancelledError,
     RunFailedError,
     RunState,
     RunStatus,
-    StreamConsumedError,
     StreamingRun,
     create_router,
-    encode_sse,
 )
 from fastapi_ikstream.client import (
     ImageOutput,
@@ -47,6 +44,8 @@ from fastapi_ikstream.client import (
     process_streaming_response,
     process_streaming_response_sync,
 )
+from fastapi_ikstream.errors import RunCancelledError, StreamConsumedError
+from fastapi_ikstream.wire import encode_sse
 
 pytestmark = pytest.mark.timeout(30)
 

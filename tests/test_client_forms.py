@@ -14,17 +14,7 @@ import pytest
 from fastapi import FastAPI
 from PIL import Image
 
-from fastapi_ikstream import (
-    EventType,
-    RunCancelledError,
-    RunFailedError,
-    RunState,
-    RunStatus,
-    StreamConsumedError,
-    create_router,
-    encode_jsonl,
-    encode_sse,
-)
+from fastapi_ikstream import EventType, RunFailedError, RunState, RunStatus, create_router
 from fastapi_ikstream.client import (
     StateStream,
     StreamConnectionError,
@@ -34,7 +24,9 @@ from fastapi_ikstream.client import (
     process_readable_stream_sync,
     stream_states,
 )
+from fastapi_ikstream.errors import RunCancelledError, StreamConsumedError
 from fastapi_ikstream.testing import FakeDeployment
+from fastapi_ikstream.wire import encode_jsonl, encode_sse
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -25,13 +25,13 @@ from example_app.scale_server import create_scale_app
 from example_app.workflow import FaceCannyWorkflow, sample_base64
 from fastapi_ikstream import (
     EventType,
-    MissingExtraError,
     RunFailedError,
     RunRequest,
     RunState,
     RunStatus,
     StreamingRun,
 )
+from fastapi_ikstream.errors import MissingExtraError
 from fastapi_ikstream.ikomia import IkomiaDeployment, to_results, to_scale_input
 
 pytestmark = pytest.mark.timeout(60)

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from fastapi_ikstream import EventType, MemoryRunStore, QuotaExceededError, RunState, RunStatus
+from fastapi_ikstream import EventType, MemoryRunStore, RunState, RunStatus
+from fastapi_ikstream.errors import QuotaExceededError
 
 
 def state(

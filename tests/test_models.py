@@ -9,7 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 import fastapi_ikstream
-from fastapi_ikstream import EventType, RunState, RunStatus, status_from_state
+from fastapi_ikstream import EventType, RunState, RunStatus
+from fastapi_ikstream.models import status_from_state
 
 
 def test_public_names_match_all():

@@ -16,17 +16,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 from redis_server import RedisServer, run_redis_server
 
-from fastapi_ikstream import (
-    EventType,
-    MissingExtraError,
-    RunNotFoundError,
-    RunState,
-    RunStatus,
-    StoredEvent,
-    StoreError,
-    StoreUnavailableError,
-)
+from fastapi_ikstream import EventType, RunState, RunStatus, StoreError, StoreUnavailableError
+from fastapi_ikstream.errors import MissingExtraError, RunNotFoundError
 from fastapi_ikstream.redis import ORPHANED_MESSAGE, RedisRunStore
+from fastapi_ikstream.stores import StoredEvent
 
 pytestmark = pytest.mark.redis
 

@@ -14,7 +14,8 @@ from fastapi import FastAPI
 from httpx_sse import aconnect_sse
 from pydantic import BaseModel, Field
 
-from fastapi_ikstream import RunRequest, RunState, StreamRouter, create_router
+from fastapi_ikstream import RunRequest, RunState, create_router
+from fastapi_ikstream.routing import StreamRouter
 from fastapi_ikstream.testing import FakeDeployment
 
 

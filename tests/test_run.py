@@ -13,15 +13,8 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
-from fastapi_ikstream import (
-    DeploymentError,
-    EventType,
-    RunCancelledError,
-    RunFailedError,
-    RunStatus,
-    StreamConsumedError,
-    StreamingRun,
-)
+from fastapi_ikstream import DeploymentError, EventType, RunFailedError, RunStatus, StreamingRun
+from fastapi_ikstream.errors import RunCancelledError, StreamConsumedError
 
 
 def ikclient_like(results, *, fail=False):

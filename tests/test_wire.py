@@ -13,9 +13,10 @@ from httpx_sse import aconnect_sse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastapi_ikstream import EventType, RunState, RunStatus, StreamingRun, encode_jsonl, encode_sse
+from fastapi_ikstream import EventType, RunState, RunStatus, StreamingRun
 from fastapi_ikstream._store import StoredEvent
 from fastapi_ikstream._wire import JSONL_KEEPALIVE, SSE_KEEPALIVE, UnnamedEvent, sse_block
+from fastapi_ikstream.wire import encode_jsonl, encode_sse
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),

@@ -18,7 +18,8 @@ from example_app.workflow import (
     sample_base64,
     sample_data_url,
 )
-from fastapi_ikstream import EventType, RunCancelledError, RunState, RunStatus, StreamingRun
+from fastapi_ikstream import EventType, RunState, RunStatus, StreamingRun
+from fastapi_ikstream.errors import RunCancelledError
 
 pytestmark = pytest.mark.timeout(60)
 
