@@ -3,9 +3,9 @@
 Re-exported from `fastapi_ikstream.client`; see there for the timeouts and the exceptions.
 
 - `process_readable_stream` (and ``_sync``): a run's event stream as an iterator of bytes
-  (a queue, a custom transport, a file), as seed 001's ``processReadableStream``.
+  (a queue, a custom transport, a file), as the JavaScript ``processReadableStream`` utility.
 - `stream_states`: a `StateStream` with fal's ``on("message" | "error" | "done", ...)``
-  listeners, ``await stream.done()`` and ``async for`` (seed 003's ``FalStream``).
+  listeners, ``await stream.done()`` and ``async for`` (fal's ``FalStream`` form).
 - `image_input`: a file path, bytes or a PIL image as a run input (a ``data:`` URL).
 """
 

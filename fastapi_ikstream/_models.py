@@ -3,7 +3,7 @@
 One `RunState` per event. Its ``type`` is the event kind (the SSE ``event:`` name as well),
 ``status`` the canonical lifecycle step, and ``state`` the deployment's own word, verbatim.
 
-Status mapping (Ikomia SCALE states, and inference.sh's task status codes, seed 002):
+Status mapping (Ikomia SCALE states, and inference.sh's task status codes):
 
 | `RunStatus`  | code | Ikomia ``state`` words mapped to it       |
 |--------------|------|-------------------------------------------|
@@ -47,7 +47,7 @@ ETA = tuple[int | None, int | None]
 
 
 class RunStatus(StrEnum):
-    """Canonical lifecycle of a run, following inference.sh's task status flow (seed 002).
+    """Canonical lifecycle of a run, following inference.sh's task status flow.
 
     ``code`` gives inference.sh's numeric code; ``is_terminal`` is true for
     ``completed``, ``failed`` and ``cancelled``.

@@ -161,7 +161,7 @@ def _inference_status(value: Any) -> RunStatus | None:
 
 
 def inference_sh_event(event: UpstreamEvent) -> Mapping[str, Any] | None:
-    """Map an inference.sh-style task update (seed 002) to an update.
+    """Map an inference.sh-style task update to an update.
 
     The update's ``status`` (a name such as ``"running"`` or its numeric code, 1 … 12) gives
     the run status and is kept as the ``state`` word; ``progress``, ``logs`` (strings, new
@@ -193,7 +193,7 @@ def inference_sh_event(event: UpstreamEvent) -> Mapping[str, Any] | None:
 
 
 def fal_event(event: UpstreamEvent) -> Mapping[str, Any] | None:
-    """Map a fal-style stream event (seed 003): its data is the output so far.
+    """Map a fal-style stream event: its data is the output so far.
 
     Each event becomes a ``partial`` (status ``running``); `fal_close` makes the last one
     the result when the stream ends, as ``FalStream.done()`` does.

@@ -3,7 +3,8 @@ r"""The stream on the wire: Server-Sent Events and JSON lines.
 SSE blocks are encoded exactly as FastAPI's ``fastapi.sse.format_sse_event`` encodes them
 (field order ``event``, ``data``, ``id``, ``retry``; LF line ends; UTF-8 without BOM), by a
 leaner function that a test proves byte-identical to it. Each block has exactly one
-``data:`` line of compact JSON, so no block ever lacks data (see ``WIRE.md`` rule 2).
+``data:`` line of compact JSON, so no block ever lacks data
+(``docs/concepts/wire-format.md``, rule 2).
 
 Keep-alives differ on purpose from FastAPI's ``": ping\n\n"``: ours is a comment line with
 no blank line after it (``b": keep-alive\n"``). A comment followed by a blank line is a block
