@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter
 
+from ._ikclient import raw_outputs
 from ._models import LogLine, Progress, RunState
 
 __all__ = ["eta_of", "logs_of", "progress_of", "results_of", "trusted", "trusted_state"]
@@ -117,7 +118,7 @@ def results_of(value: Any) -> list[dict[str, Any]] | None:
     if isinstance(value, Mapping):
         inner = value.get("results")
         return results_of(inner) if isinstance(inner, list) else [dict(value)]
-    outputs = getattr(value, "_outputs", None)  # ikclient.core.results.Results
-    if isinstance(outputs, list):
+    outputs = raw_outputs(value)  # an ikclient Results
+    if outputs is not None:
         return [dict(item) for item in outputs]
     return [{"DATA_DICT": value}] if isinstance(value, str | int | float | bool) else None

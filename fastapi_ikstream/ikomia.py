@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 
 from ._exceptions import DeploymentError, MissingExtraError
+from ._ikclient import auth_of, auth_session, jwt_expiry, jwt_of
 from ._request import decode_image_input
 from ._run import OnProgress, RunSource
 
@@ -303,20 +304,18 @@ class IkomiaDeployment:
         return client, lock
 
     async def _ensure_jwt(self, client: AsyncClient, lock: asyncio.Lock) -> None:
-        auth = getattr(client, "_auth", None)
-        if auth is None or not callable(getattr(auth, "jwt", None)):
+        auth = auth_of(client)
+        if auth is None:
             return
         async with lock:
-            expires: float | None = getattr(auth, "_expires_at", None)
-            fresh = getattr(auth, "_jwt", None) is not None and expires is not None
+            expires = jwt_expiry(auth)
+            fresh = jwt_of(auth) is not None and expires is not None
             if expires is not None and fresh and expires - time.time() > _REFRESH_MARGIN_S:
                 return
             await asyncio.to_thread(auth.jwt, force=fresh)
 
     def _secrets(self, client: AsyncClient) -> list[str]:
-        auth = getattr(client, "_auth", None)
-        jwt = str(getattr(auth, "_jwt", "") or "").removeprefix("Bearer ")
-        return [value for value in (self._token, jwt) if value]
+        return [value for value in (self._token, jwt_of(auth_of(client))) if value]
 
     async def _run(
         self,
@@ -355,7 +354,7 @@ class IkomiaDeployment:
         if client is None or client is self._given:
             return
         await client.aclose()  # type: ignore[no-untyped-call]
-        auth_client = getattr(getattr(client, "_auth", None), "client", None)
+        auth_client = auth_session(client)
         if isinstance(auth_client, httpx.Client):
             await asyncio.to_thread(auth_client.close)
 
