@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +16,7 @@ from packaging.version import Version
 from fastapi_ikstream._ikclient import auth_of, auth_session, jwt_expiry, jwt_of, raw_outputs
 from fastapi_ikstream._updates import results_of
 
-OUTPUTS = [{"image": "aGVsbG8="}, {"DATA_DICT": {"label": "cat"}}]
+OUTPUTS: list[dict[str, Any]] = [{"image": "aGVsbG8="}, {"DATA_DICT": {"label": "cat"}}]
 
 
 def test_the_installed_version_is_in_the_range_the_adapter_was_written_for() -> None:
