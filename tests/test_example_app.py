@@ -4,7 +4,6 @@ import asyncio
 import base64
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+from conftest import free_port
 from httpx_sse import aconnect_sse
 from jose import jwt
 
@@ -27,12 +27,6 @@ pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parents[1]
 STREAM = f"{API_PATH}/stream"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def client_for(app) -> httpx.AsyncClient:
