@@ -1,41 +1,12 @@
 """The package's exceptions, and the handler that turns validation errors into JSON.
 
-The tree (``IKStreamError`` at its root) is drawn in the docstring of each class's module;
-the client module adds its own branch (``fastapi_ikstream.client.StreamError``).
+The exception tree (``IKStreamError`` at its root) is drawn below, in the docstring of the
+module that defines it; the client module adds its own branch
+(``fastapi_ikstream.client.StreamError``).
 """
 
+from . import _exceptions
 from ._errors import validation_exception_handler
-from ._exceptions import (
-    DeploymentError,
-    DeploymentTimeoutError,
-    IKStreamError,
-    MissingExtraError,
-    QuotaExceededError,
-    RunCancelledError,
-    RunFailedError,
-    RunNotFoundError,
-    StoreError,
-    StoreUnavailableError,
-    StreamConsumedError,
-    UpstreamError,
-    UpstreamIncompleteError,
-    UpstreamTimeoutError,
-)
+from ._exceptions import *  # noqa: F403 - the exceptions, as listed in their __all__
 
-__all__ = [
-    "DeploymentError",
-    "DeploymentTimeoutError",
-    "IKStreamError",
-    "MissingExtraError",
-    "QuotaExceededError",
-    "RunCancelledError",
-    "RunFailedError",
-    "RunNotFoundError",
-    "StoreError",
-    "StoreUnavailableError",
-    "StreamConsumedError",
-    "UpstreamError",
-    "UpstreamIncompleteError",
-    "UpstreamTimeoutError",
-    "validation_exception_handler",
-]
+__all__ = [*_exceptions.__all__, "validation_exception_handler"]
