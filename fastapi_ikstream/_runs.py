@@ -95,6 +95,8 @@ class RunManager:
             if self._started:
                 return
             self.store.set_cancel_handler(self._on_cancel)
+            if self.observer is not None:
+                self.store.set_orphan_handler(self.observer.run_orphaned)
             await self.store.start()
             self.accepting = True
             self._shutdown_task = None
@@ -184,6 +186,8 @@ class RunManager:
             attached = remaining == 0 and await self._is_attached(run_id)
         except StoreError as exc:
             logger.warning("run %s: the store could not count a reader out: %s", run_id, exc)
+            if self.observer is not None:
+                self.observer.store_failed()
             return
         # At shutdown the server closed the stream, not the client: the run drains instead.
         if not attached or self.on_disconnect != "cancel" or not self.accepting:
@@ -213,6 +217,8 @@ class RunManager:
                 await self.store.request_cancel(run_id, "the client went away")
         except StoreError as exc:
             logger.warning("run %s: the store could not cancel an unwatched run: %s", run_id, exc)
+            if self.observer is not None:
+                self.observer.store_failed()
 
     async def cancel(self, run_id: str, reason: str) -> bool:
         """Ask for the run to be cancelled (on whichever worker runs it).
