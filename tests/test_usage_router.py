@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
-from collections.abc import AsyncIterator, Mapping
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import httpx
+import pytest
 from conftest import serve
 from fastapi import FastAPI
-from lifecycle_support import Job, Modes, bearer, jwt_auth
+from lifecycle_support import Job, Modes, bearer, eventually, jwt_auth
+from redis_server import run_redis_server
 from stream_support import Received, read_stream
+from test_redis_workers import start_worker
 
 from fastapi_ikstream import StreamRouter, create_router
+from fastapi_ikstream.redis import RedisRunStore
 from fastapi_ikstream.testing import RecordingUsage
 from fastapi_ikstream.usage import UsageRecord
 
@@ -61,8 +67,8 @@ def app_of(router: StreamRouter) -> FastAPI:
     return app
 
 
-def client_for(url: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=url, timeout=10, headers=bearer("alice"))
+def client_for(url: str, **options: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=url, timeout=10, headers=bearer("alice"), **options)
 
 
 def only_record(usage: RecordingUsage, run_id: str | None) -> UsageRecord:
@@ -229,3 +235,101 @@ async def test_a_run_ended_by_the_server_shutting_down() -> None:
     assert record.events_sent == len(stream.events)
     assert stream.body.endswith(RETRY_LINE)  # the reconnection hint carries no event
     assert record.bytes_sent == len(stream.body) - len(RETRY_LINE)
+
+
+# -- on a shared Redis store ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with run_redis_server() as server:
+        yield server.url
+
+
+def redis_router(usage: RecordingUsage, url: str, prefix: str) -> StreamRouter:
+    store = RedisRunStore(url, prefix=prefix, lease_seconds=0.5, sweep_interval=0.25)
+    return usage_app(usage, store=store, on_disconnect="continue")
+
+
+def all_records(*usages: RecordingUsage) -> list[UsageRecord]:
+    return [record for usage in usages for record in usage.records]
+
+
+@pytest.mark.redis
+async def test_an_orphaned_run_is_reported_once_by_a_surviving_worker(redis_url: str) -> None:
+    prefix = f"u{uuid.uuid4().hex[:8]}:"
+    usages = (RecordingUsage(), RecordingUsage())
+    with (
+        serve(app_of(redis_router(usages[0], redis_url, prefix))) as a,
+        serve(app_of(redis_router(usages[1], redis_url, prefix))),
+    ):
+        owner = await asyncio.to_thread(start_worker, redis_url, prefix)
+        try:
+            async with client_for(a.url) as client, asyncio.timeout(30):
+                created = await client.post(
+                    owner.url + "/api/gen/runs", json={"steps": 1000, "delay": 0.02}
+                )
+                run_id = created.json()["run_id"]
+                url = f"{a.url}/api/gen/runs/{run_id}/events"
+                await read_stream(client, "GET", url, stop_after=2)  # it is running
+                owner.stop(signal.SIGKILL)
+                await eventually(lambda: all_records(*usages), timeout=10, what="the orphan")
+        finally:
+            owner.stop(signal.SIGKILL)
+    [record] = all_records(*usages)  # the two survivors' servers have stopped
+    assert record.run_id == run_id
+    assert (record.status.value, record.error_code) == ("failed", "orphaned")
+    assert record.principal is None  # the owner ran without auth
+    assert record.router == "gen"
+
+
+async def run_to_end(client: httpx.AsyncClient, url: str) -> str:
+    answer = await client.post(url + "/api/gen", json={"steps": 1})
+    assert answer.status_code == 200, answer.text
+    run_id = answer.json()["run_id"]
+    assert isinstance(run_id, str)
+    return run_id
+
+
+async def cancelled_elsewhere(client: httpx.AsyncClient, owner: str, other: str) -> str:
+    created = await client.post(owner + "/api/gen/runs", json={"mode": "slow"})
+    run_id = created.json()["run_id"]
+    assert isinstance(run_id, str)
+    assert (await client.delete(f"{other}/api/gen/runs/{run_id}")).status_code == 202
+    await read_stream(client, "GET", f"{other}/api/gen/runs/{run_id}/events")
+    return run_id
+
+
+@pytest.mark.redis
+async def test_two_workers_on_one_redis_report_each_run_once(redis_url: str) -> None:
+    prefix = f"u{uuid.uuid4().hex[:8]}:"
+    usages = (RecordingUsage(), RecordingUsage())
+    started: tuple[list[str], list[str]] = ([], [])
+    with (
+        serve(app_of(redis_router(usages[0], redis_url, prefix))) as a,
+        serve(app_of(redis_router(usages[1], redis_url, prefix))) as b,
+    ):
+        urls = (a.url, b.url)
+        gate = asyncio.Semaphore(32)
+
+        async def one(index: int) -> None:
+            mine, other = index % 2, 1 - index % 2
+            async with gate:
+                if index % 50 == 0:  # cancelled, and read, through the other worker
+                    run_id = await cancelled_elsewhere(client, urls[mine], urls[other])
+                else:
+                    run_id = await run_to_end(client, urls[mine])
+            started[mine].append(run_id)
+
+        limits = httpx.Limits(max_connections=64)
+        async with client_for(a.url, limits=limits) as client, asyncio.timeout(120):
+            await asyncio.gather(*(one(index) for index in range(1000)))
+            await eventually(lambda: len(all_records(*usages)) >= 1000, timeout=30, what="records")
+    records = all_records(*usages)
+    assert len(records) == 1000
+    assert len({record.run_id for record in records}) == 1000
+    for usage, runs in zip(usages, started, strict=True):
+        assert sorted(record.run_id for record in usage.records) == sorted(runs)
+    cancelled = [record for record in records if record.status.value == "cancelled"]
+    assert len(cancelled) == 20
+    assert {record.principal for record in records} == {OWNER}
