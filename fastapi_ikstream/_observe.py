@@ -18,11 +18,14 @@ from collections.abc import Callable
 from typing import Any
 
 from ._ledger import UsageLedger
-from ._models import EventType
+from ._models import EventType, RunState
 from ._run import StreamingRun
 from ._store import RunStore
 
 __all__ = ["OnUsage", "RunObserver"]
+
+Sink = Callable[[RunState], None]
+"""Where a run's states go (the run store's ``append``)."""
 
 OnUsage = Callable[[Any], Any]
 """Receives each `UsageRecord` (``fastapi_ikstream.usage``); may be ``async``."""
@@ -57,22 +60,37 @@ class RunObserver:
         self.metrics = metrics
         self.usage = UsageLedger(label, on_usage, store) if on_usage is not None else None
         self._started: dict[str, float] = {}
-        self._first: set[str] = set()
 
-    def run_started(self, run: StreamingRun, owner: str | None) -> None:
-        """A run was created and its task started."""
+    def run_started(self, run: StreamingRun, owner: str | None, sink: Sink) -> Sink:
+        """A run was created; returns the sink to start its task with.
+
+        With metrics, the sink is wrapped to time the run's first update (its first state
+        after ``run``): one more call per event, for metered routers only.
+        """
         run_id = run.run_id
-        self._started[run_id] = time.monotonic()
+        started = self._started[run_id] = time.monotonic()
         if self.usage is not None:
             self.usage.started(run_id, owner)
-        if self.metrics is not None:
-            self.metrics.run_started(self.label, run_id)
+        metrics = self.metrics
+        if metrics is None:
+            return sink
+        metrics.run_started(self.label, run_id)
+        label = self.label
+        waiting = True
+
+        def timed(state: RunState) -> None:
+            nonlocal waiting
+            if waiting and state.seq > 1:
+                waiting = False
+                metrics.first_event(label, time.monotonic() - started)
+            sink(state)
+
+        return timed
 
     def run_finished(self, run: StreamingRun) -> None:
         """A run's task ended: count it, and deliver its usage record."""
         run_id = run.run_id
         started = self._started.pop(run_id, None)
-        self._first.discard(run_id)
         terminal = run.terminal_state
         if self.metrics is not None and started is not None:
             status = _STATUS.get(terminal.type, "failed") if terminal is not None else "failed"
@@ -115,9 +133,6 @@ class RunObserver:
         if self.metrics is None:
             return
         self.metrics.event_sent(self.label, nbytes, events)
-        if run_id not in self._first and run_id in self._started:
-            self._first.add(run_id)
-            self.metrics.first_event(self.label, time.monotonic() - self._started[run_id])
 
     def rejected(self, status_code: int, reason: str) -> None:
         """A request was refused before any stream."""

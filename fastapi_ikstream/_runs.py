@@ -25,9 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Literal
 
 from ._exceptions import StoreError
+from ._models import RunState
 from ._observe import RunObserver
 from ._response import StreamHandle
 from ._run import StreamingRun
@@ -148,9 +150,10 @@ class RunManager:
         self.runs[run_id] = run
         if attached:
             self.attached.add(run_id)
-        task = run.start(self.store.append)
+        sink: Callable[[RunState], None] = self.store.append
         if self.observer is not None:
-            self.observer.run_started(run, owner)
+            sink = self.observer.run_started(run, owner, sink)
+        task = run.start(sink)
         task.add_done_callback(lambda _: self._finished(run))
 
     async def start_run(self, run: StreamingRun, *, principal: str | None) -> None:
