@@ -3,7 +3,8 @@
 A router's ``on_usage`` callback (an async callable taking a `UsageRecord`) receives one
 record when a run ends, whether it completed, failed, timed out, was cancelled, swept as an
 orphan or ended by a shutdown. Delivery is at least once: use ``run_id`` as the idempotency
-key when you store records. With a shared (Redis) store one worker reports each run. `fastapi_ikstream.testing.RecordingUsage` collects them in tests.
+key when you store records. With a shared (Redis) store one worker reports each run.
+`fastapi_ikstream.testing.RecordingUsage` collects them in tests.
 
 Example::
 
