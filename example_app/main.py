@@ -40,6 +40,9 @@ Endpoints:
   required, as ``Authorization: Bearer …`` or as the login's cookie
   (`fastapi_ikstream.security.JWTBearer`); each user may start ``rate_limit`` runs
   (default ``"30/minute"``) with at most ``max_concurrent_runs`` (default 2) at once.
+- ``GET /metrics``: the router's Prometheus metrics (`fastapi_ikstream.metrics`): runs
+  started and finished, streams, events and bytes sent, resumes, refusals. A real app
+  would put it behind its own auth or on an internal port.
 """
 
 import asyncio
@@ -64,6 +67,7 @@ from pydantic import BaseModel, Field
 from example_app.workflow import SAMPLES, FaceCannyWorkflow
 from fastapi_ikstream import create_router
 from fastapi_ikstream.errors import validation_exception_handler
+from fastapi_ikstream.metrics import PrometheusMetrics
 from fastapi_ikstream.ratelimit import RateLimit
 from fastapi_ikstream.security import JWTBearer, create_access_token
 
@@ -223,8 +227,8 @@ def create_app(
             app served over HTTPS. Default False, so that it works on http://127.0.0.1.
 
     Returns:
-        The FastAPI app. ``app.state`` holds ``deployment``, ``router`` and ``mode``
-        (``"embedded"``, ``"ikomia"`` or ``"custom"``).
+        The FastAPI app. ``app.state`` holds ``deployment``, ``router``, ``metrics`` (its
+        `PrometheusMetrics`) and ``mode`` (``"embedded"``, ``"ikomia"`` or ``"custom"``).
     """
     if deployment is None:
         observed, mode = _default_deployment(stage_delay_ms)
@@ -239,6 +243,7 @@ def create_app(
         cookie_name=COOKIE_NAME,
     )
     login_limit = RateLimit(login_rate_limit)
+    metrics = PrometheusMetrics()
     router = create_router(
         observed,
         path=API_PATH,
@@ -248,6 +253,7 @@ def create_app(
         keep_alive=keep_alive,
         tags=["detect"],
         name="detect",
+        metrics=metrics,
     )
 
     @contextlib.asynccontextmanager
@@ -267,8 +273,10 @@ def create_app(
     app.add_exception_handler(RequestValidationError, validation_exception_handler)
     app.state.deployment = observed
     app.state.router = router
+    app.state.metrics = metrics
     app.state.mode = mode
     app.include_router(router)
+    app.include_router(metrics.router())
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)

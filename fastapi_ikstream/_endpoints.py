@@ -161,7 +161,7 @@ class RouterCore:
         async def on_close() -> None:
             self.admission.close_stream(key)
             if observer is not None:
-                observer.stream_closed()
+                observer.stream_closed(run_id)
             await self.manager.reader_left(run_id)
 
         return EventStreamResponse(

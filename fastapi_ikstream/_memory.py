@@ -36,6 +36,7 @@ class _MemoryRun:
         "principal",
         "quota_key",
         "status",
+        "usage_claimed",
         "watchers",
     )
 
@@ -54,6 +55,7 @@ class _MemoryRun:
         self.finished_at: float | None = None
         self.watchers = 0
         self.cancel_requested = False
+        self.usage_claimed = False
 
 
 class MemoryRunSubscription(Subscription):
@@ -310,6 +312,14 @@ class MemoryRunStore(RunStore):
         if self._cancel_handler is not None:
             self._cancel_handler(run_id, reason)
         return True
+
+    async def claim_usage(self, run_id: str) -> bool:
+        """True the first time it is asked for a run (see `RunStore.claim_usage`)."""
+        run = self._runs.get(run_id)
+        if run is None:
+            return True  # evicted: this worker's manager is the only one to ask
+        claimed, run.usage_claimed = run.usage_claimed, True
+        return not claimed
 
     async def add_watcher(self, run_id: str, delta: int) -> int:
         """See `RunStore.add_watcher`."""

@@ -5,26 +5,27 @@ response at the points where something happens: a run starts or ends, a stream o
 writes or closes, a request is refused. With neither ``on_usage`` nor ``metrics`` given,
 the router has no observer and pays nothing.
 
-Usage records are made by the worker that runs the run, once, when its task has ended,
-whatever ended it (its end, a failure, a cancel, its timeout, shutdown); events, bytes and
-readers are those this worker served.
+Usage records are kept and delivered by a `UsageLedger` (``_ledger``): made by the worker
+that runs the run, when its task has ended, whatever ended it (its end, a failure, a
+cancel, its timeout, shutdown), with the events, bytes and readers this worker served; a
+run whose worker stopped is reported by the worker whose store ended it as ``orphaned``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-from ._models import EventType
+from ._ledger import UsageLedger
+from ._models import EventType, RunState
 from ._run import StreamingRun
+from ._store import RunStore
 
 __all__ = ["OnUsage", "RunObserver"]
 
-logger = logging.getLogger("fastapi_ikstream")
+Sink = Callable[[RunState], None]
+"""Where a run's states go (the run store's ``append``)."""
 
 OnUsage = Callable[[Any], Any]
 """Receives each `UsageRecord` (``fastapi_ikstream.usage``); may be ``async``."""
@@ -43,90 +44,104 @@ class RunObserver:
         label: the router's name (the metrics' ``router`` label, the records' ``router``).
         on_usage: called with each run's `UsageRecord` once the run has ended, or None.
         metrics: a ``fastapi_ikstream.metrics.PrometheusMetrics``, or None.
+        store: the run store, to claim each record before it is delivered; None delivers
+            without claiming. Default None.
     """
 
-    def __init__(self, label: str, *, on_usage: OnUsage | None, metrics: Any) -> None:
+    def __init__(
+        self,
+        label: str,
+        *,
+        on_usage: OnUsage | None,
+        metrics: Any,
+        store: RunStore | None = None,
+    ) -> None:
         self.label = label
-        self.on_usage = on_usage
         self.metrics = metrics
-        self._meters: dict[str, Any] = {}
+        self.usage = UsageLedger(label, on_usage, store) if on_usage is not None else None
         self._started: dict[str, float] = {}
-        self._first: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    def run_started(self, run: StreamingRun, owner: str | None) -> None:
-        """A run was created and its task started."""
+    def run_started(self, run: StreamingRun, owner: str | None, sink: Sink) -> Sink:
+        """A run was created; returns the sink to start its task with.
+
+        With metrics, the sink is wrapped to time the run's first update (its first state
+        after ``run``): one more call per event, for metered routers only.
+        """
         run_id = run.run_id
-        self._started[run_id] = time.monotonic()
-        if self.on_usage is not None:
-            from .usage import UsageMeter
+        started = self._started[run_id] = time.monotonic()
+        if self.usage is not None:
+            self.usage.started(run_id, owner)
+        metrics = self.metrics
+        if metrics is None:
+            return sink
+        metrics.run_started(self.label, run_id)
+        label = self.label
+        waiting = True
 
-            self._meters[run_id] = UsageMeter(run_id, router=self.label, principal=owner)
-        if self.metrics is not None:
-            self.metrics.run_started(self.label, run_id)
+        def timed(state: RunState) -> None:
+            nonlocal waiting
+            if waiting and state.seq > 1:
+                waiting = False
+                metrics.first_event(label, time.monotonic() - started)
+            sink(state)
+
+        return timed
 
     def run_finished(self, run: StreamingRun) -> None:
         """A run's task ended: count it, and deliver its usage record."""
         run_id = run.run_id
         started = self._started.pop(run_id, None)
-        self._first.discard(run_id)
         terminal = run.terminal_state
         if self.metrics is not None and started is not None:
             status = _STATUS.get(terminal.type, "failed") if terminal is not None else "failed"
             code = terminal.error.code if terminal is not None and terminal.error else None
             seconds = time.monotonic() - started
             self.metrics.run_finished(self.label, status, seconds, run_id, code)
-        meter = self._meters.pop(run_id, None)
-        if meter is not None and self.on_usage is not None:
-            task = asyncio.get_running_loop().create_task(self._deliver(meter.record(terminal)))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if self.usage is not None:
+            self.usage.finished(run_id, terminal)
 
-    async def _deliver(self, record: Any) -> None:
-        assert self.on_usage is not None
-        try:
-            result = self.on_usage(record)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            logger.exception("run %s: on_usage raised", record.run_id)
+    def run_orphaned(self, run_id: str) -> None:
+        """The store ended ``run_id`` as ``orphaned`` (its worker stopped): report its usage."""
+        if self.usage is not None:
+            self.usage.orphaned(run_id)
 
     async def drain(self) -> None:
-        """Wait for the usage records still being delivered (at shutdown)."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=5.0)
+        """Deliver the usage records still waiting, and wait for them (at shutdown)."""
+        if self.usage is not None:
+            await self.usage.drain()
 
     def stream_opened(self, run_id: str, *, resumed: bool) -> None:
         """A reader's stream opened."""
-        meter = self._meters.get(run_id)
-        if meter is not None:
-            meter.reader_joined()
+        if self.usage is not None:
+            self.usage.stream_opened(run_id)
         if self.metrics is not None:
             self.metrics.stream_opened(self.label)
             if resumed:
                 self.metrics.resumed(self.label)
 
-    def stream_closed(self) -> None:
-        """A reader's stream closed."""
+    def stream_closed(self, run_id: str) -> None:
+        """A reader's stream of ``run_id`` closed."""
+        if self.usage is not None:
+            self.usage.stream_closed(run_id)
         if self.metrics is not None:
             self.metrics.stream_closed(self.label)
 
     def sent(self, run_id: str, events: int, nbytes: int) -> None:
         """``events`` events in ``nbytes`` bytes were written to one reader of ``run_id``."""
-        meter = self._meters.get(run_id)
-        if meter is not None:
-            meter.events_sent += events
-            meter.bytes_sent += nbytes
+        if self.usage is not None:
+            self.usage.sent(run_id, events, nbytes)
         if self.metrics is None:
             return
-        self.metrics.event_sent(self.label, nbytes)
-        for _ in range(events - 1):
-            self.metrics.event_sent(self.label, 0)
-        if run_id not in self._first and run_id in self._started:
-            self._first.add(run_id)
-            self.metrics.first_event(self.label, time.monotonic() - self._started[run_id])
+        self.metrics.event_sent(self.label, nbytes, events)
 
     def rejected(self, status_code: int, reason: str) -> None:
         """A request was refused before any stream."""
         if self.metrics is not None:
             self.metrics.rejected(self.label, status_code, reason)
+            if reason == "store_unavailable":
+                self.metrics.store_error(self.label)
+
+    def store_failed(self) -> None:
+        """A run store operation failed outside a request (counting readers, a cancel)."""
+        if self.metrics is not None:
+            self.metrics.store_error(self.label)

@@ -12,6 +12,7 @@ from fastapi import HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from ._errors import store_error_response, validation_error_response
@@ -105,11 +106,11 @@ def body_limited_route(
                 except StoreError as exc:  # e.g. Redis is away: 503, no internals
                     rejected(503, "store_unavailable")
                     return store_error_response(exc)
-                except HTTPException as exc:
+                except StarletteHTTPException as exc:  # slowapi's RateLimitExceeded too
                     rejected(exc.status_code, _reason(exc))
                     raise
-                if response.status_code >= 400:
-                    rejected(response.status_code, "refused")
+                # an answer of 400 or more that was not raised is a run's outcome (``POST
+                # {path}`` of a failed run answers 502), not a refusal
                 return response
 
             return guarded
@@ -124,11 +125,19 @@ def _content_length(scope: Scope) -> str | None:
     return None
 
 
-def _reason(exc: HTTPException) -> str:
+def _reason(exc: StarletteHTTPException) -> str:
     """A short word for a refusal: the ``error`` of its detail, else from its status."""
     detail = exc.detail
     if isinstance(detail, dict) and isinstance(detail.get("error"), str):
         return str(detail["error"])
-    return {401: "unauthorized", 403: "forbidden", 404: "not_found", 406: "not_acceptable"}.get(
-        exc.status_code, "refused"
-    )
+    return _REASONS.get(exc.status_code, "refused")
+
+
+_REASONS = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    406: "not_acceptable",
+    413: "too_large",
+    429: "rate_limited",
+}

@@ -295,7 +295,7 @@ def create_router(
     run_store = make_store(store) if store is not None else MemoryRunStore()
     observer = None
     if on_usage is not None or metrics is not None:
-        observer = RunObserver(label, on_usage=on_usage, metrics=metrics)
+        observer = RunObserver(label, on_usage=on_usage, metrics=metrics, store=run_store)
     manager = RunManager(
         run_store,
         on_disconnect=on_disconnect,

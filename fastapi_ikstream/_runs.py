@@ -25,9 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Literal
 
 from ._exceptions import StoreError
+from ._models import RunState
 from ._observe import RunObserver
 from ._response import StreamHandle
 from ._run import StreamingRun
@@ -95,6 +97,8 @@ class RunManager:
             if self._started:
                 return
             self.store.set_cancel_handler(self._on_cancel)
+            if self.observer is not None:
+                self.store.set_orphan_handler(self.observer.run_orphaned)
             await self.store.start()
             self.accepting = True
             self._shutdown_task = None
@@ -146,9 +150,10 @@ class RunManager:
         self.runs[run_id] = run
         if attached:
             self.attached.add(run_id)
-        task = run.start(self.store.append)
+        sink: Callable[[RunState], None] = self.store.append
         if self.observer is not None:
-            self.observer.run_started(run, owner)
+            sink = self.observer.run_started(run, owner, sink)
+        task = run.start(sink)
         task.add_done_callback(lambda _: self._finished(run))
 
     async def start_run(self, run: StreamingRun, *, principal: str | None) -> None:
@@ -184,6 +189,8 @@ class RunManager:
             attached = remaining == 0 and await self._is_attached(run_id)
         except StoreError as exc:
             logger.warning("run %s: the store could not count a reader out: %s", run_id, exc)
+            if self.observer is not None:
+                self.observer.store_failed()
             return
         # At shutdown the server closed the stream, not the client: the run drains instead.
         if not attached or self.on_disconnect != "cancel" or not self.accepting:
@@ -213,6 +220,8 @@ class RunManager:
                 await self.store.request_cancel(run_id, "the client went away")
         except StoreError as exc:
             logger.warning("run %s: the store could not cancel an unwatched run: %s", run_id, exc)
+            if self.observer is not None:
+                self.observer.store_failed()
 
     async def cancel(self, run_id: str, reason: str) -> bool:
         """Ask for the run to be cancelled (on whichever worker runs it).

@@ -8,6 +8,7 @@ is the default; ``fastapi_ikstream.redis.RedisRunStore`` shares runs between wor
 from __future__ import annotations
 
 import json
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,8 +16,11 @@ from dataclasses import dataclass
 from ._models import EventType, RunState, RunStatus
 from ._wire import sse_block
 
+logger = logging.getLogger("fastapi_ikstream")
+
 __all__ = [
     "CancelHandler",
+    "OrphanHandler",
     "RunInfo",
     "RunStore",
     "StoredEvent",
@@ -25,6 +29,9 @@ __all__ = [
 
 CancelHandler = Callable[[str, str], None]
 """Called by a store as ``handler(run_id, reason)`` when a cancel is asked for a local run."""
+
+OrphanHandler = Callable[[str], None]
+"""Called by a store as ``handler(run_id)`` once it has ended a run whose owner stopped."""
 
 
 class StoredEvent:
@@ -216,6 +223,38 @@ class RunStore(ABC):
     def _notify_cancel(self, run_id: str, reason: str) -> None:
         for handler in list(self.__dict__.get("_cancel_handlers", ())):
             handler(run_id, reason)
+
+    async def claim_usage(self, run_id: str) -> bool:
+        """Claim the reporting of the run's usage record: True for the first claim only.
+
+        Several workers may see a run end (its owner, and a worker that swept it as an
+        orphan): the one that gets True reports it. This default, for a store that only one
+        worker uses, always says True; a shared store must answer True once in all.
+
+        Raises:
+            StoreError: the store cannot be reached (the caller reports anyway: usage is
+                delivered at least once).
+        """
+        return True
+
+    def set_orphan_handler(self, handler: OrphanHandler | None) -> None:
+        """Add a callback the store calls once it has ended a run whose owner stopped.
+
+        A store without orphans (one worker) never calls it. Callbacks add up as in
+        `set_cancel_handler`; None removes them all.
+        """
+        handlers: list[OrphanHandler] = self.__dict__.setdefault("_orphan_handlers", [])
+        if handler is None:
+            handlers.clear()
+        elif handler not in handlers:
+            handlers.append(handler)
+
+    def _notify_orphaned(self, run_id: str) -> None:
+        for handler in list(self.__dict__.get("_orphan_handlers", ())):
+            try:
+                handler(run_id)
+            except Exception:
+                logger.exception("run %s: the orphan handler raised", run_id)
 
     async def start(self) -> None:  # noqa: B027
         """Open connections and background readers (called on first use)."""

@@ -19,7 +19,7 @@ where the scraper should find it. Every series has a ``router`` label (the route
 | ``ikstream_rejections_total``             | counter   | router, status_code, reason   |
 | ``ikstream_store_errors_total``           | counter   | router                        |
 
-`event_sent` is on the hot path (once per event per reader): it adds to two plain ints, read
+`event_sent` is on the hot path (once per write to a reader): it adds to two plain ints, read
 by a custom collector at scrape time, instead of taking a client-library counter's lock.
 
 Metrics are per process: with several workers, scrape each (or use a push gateway).
@@ -249,10 +249,18 @@ class PrometheusMetrics:
         """A reader's stream closed, whoever closed it."""
         self._open.labels(router).dec()
 
-    def event_sent(self, router: str, nbytes: int) -> None:
-        """An event of ``nbytes`` bytes was written to a reader. Cheap: plain int additions."""
+    def event_sent(self, router: str, nbytes: int, count: int = 1) -> None:
+        """``count`` events of ``nbytes`` bytes in all were written to a reader.
+
+        Cheap: plain int additions.
+
+        Args:
+            router: the router's name.
+            nbytes: bytes written.
+            count: events in those bytes. Default 1.
+        """
         events = self._sent.events
-        events[router] = events.get(router, 0) + 1
+        events[router] = events.get(router, 0) + count
         sent = self._sent.sent_bytes
         sent[router] = sent.get(router, 0) + nbytes
 

@@ -728,6 +728,16 @@ class RedisRunStore(RunStore):
         total = await self._eval("watch", [self._keys(run_id)[1]], args)
         return int(total)
 
+    @translated("claiming a usage record")
+    async def claim_usage(self, run_id: str) -> bool:
+        """True for the first worker that asks, of all workers (see `RunStore.claim_usage`).
+
+        One ``SET NX`` on ``{prefix}usage:{run_id}``, kept as long as the run's keys.
+        """
+        await self._ensure_started()
+        key = f"{self.prefix}usage:{run_id}"
+        return bool(await self.client.set(key, self.worker_id, nx=True, px=self._live_ms))
+
     @translated("sweeping")
     async def sweep(self) -> int:
         """End the runs whose owner's lease lapsed as ``orphaned`` (also done periodically).
@@ -822,6 +832,7 @@ class RedisRunStore(RunStore):
         ended = bool(await self._eval("orphan", self._keys(run_id), args))
         if ended:
             logger.warning("run %s: the worker running it stopped; ended as orphaned", run_id)
+            self._notify_orphaned(run_id)
         return ended
 
     def _dispatch_cancel(self, run_id: str, reason: str) -> None:

@@ -3,7 +3,8 @@
 A router's ``on_usage`` callback (an async callable taking a `UsageRecord`) receives one
 record when a run ends, whether it completed, failed, timed out, was cancelled, swept as an
 orphan or ended by a shutdown. Delivery is at least once: use ``run_id`` as the idempotency
-key when you store records. `fastapi_ikstream.testing.RecordingUsage` collects them in tests.
+key when you store records. With a shared (Redis) store one worker reports each run.
+`fastapi_ikstream.testing.RecordingUsage` collects them in tests.
 
 Example::
 
@@ -33,7 +34,7 @@ class UsageRecord(BaseModel):
     Example::
 
         {"run_id": "r_8f2c…", "router": "generate", "deployment": "remote",
-         "principal": "user-42", "status": "completed", "error_code": null,
+         "principal": "jwt:|user-42", "status": "completed", "error_code": null,
          "started_at": "2026-12-01T20:00:00Z", "ended_at": "2026-12-01T20:00:04.2Z",
          "run_seconds": 4.2, "events_sent": 31, "bytes_sent": 48213, "readers": 2,
          "usage": {"gpu_seconds": 3.9, "output_tokens": 512}}
@@ -45,7 +46,8 @@ class UsageRecord(BaseModel):
     router: str = Field(description="The router's name (``create_router(name=…)``).")
     deployment: str | None = Field(default=None, description="The deployment's name.")
     principal: str | None = Field(
-        default=None, description="The caller's subject; None on an open router."
+        default=None,
+        description="The run's owner, '{authority}|{subject}'; None on an open router.",
     )
     status: RunStatus = Field(description="How the run ended: completed, failed or cancelled.")
     error_code: str | None = Field(
@@ -56,7 +58,9 @@ class UsageRecord(BaseModel):
     ended_at: AwareDatetime = Field(description="When the run ended (UTC).")
     run_seconds: float = Field(ge=0, description="Seconds from start to end.")
     events_sent: int = Field(
-        default=0, ge=0, description="Events written to readers, all connections counted."
+        default=0,
+        ge=0,
+        description="Events written to readers, every connection to the run's worker counted.",
     )
     bytes_sent: int = Field(default=0, ge=0, description="Bytes of events written to readers.")
     readers: int = Field(default=0, ge=0, description="Stream connections that read the run.")

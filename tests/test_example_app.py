@@ -17,6 +17,7 @@ import pytest
 from conftest import free_port
 from httpx_sse import aconnect_sse
 from jose import jwt
+from metrics_support import scrape_when_settled, value
 
 from example_app.main import API_PATH, create_app
 from example_app.scale_server import create_scale_app
@@ -303,3 +304,24 @@ def test_python_dash_m_example_app_serves_the_page():
         out, err = process.communicate(timeout=15)
     assert process.returncode == 0, err
     assert f"open {url}" in out
+
+
+async def test_the_metrics_endpoint_shows_the_apps_runs(serve_app):
+    app = create_app()
+    with serve_app(app) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            headers = await login(client)
+            events = await stream_events(client, headers, {"inputs": [small_png()]})
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as anonymous:
+                refused = await anonymous.post(STREAM, json={"inputs": [small_png()]})
+            assert refused.status_code == 401
+            samples = await scrape_when_settled(client)
+    assert [kind for kind, _ in events][-2:] == ["result", "done"]
+    assert value(samples, "ikstream_runs_started_total") == 1
+    assert value(samples, "ikstream_runs_finished_total", status="completed") == 1
+    assert value(samples, "ikstream_runs_in_progress") == 0
+    assert value(samples, "ikstream_streams_opened_total") == 1
+    assert value(samples, "ikstream_events_sent_total") == len(events)
+    assert value(samples, "ikstream_run_duration_seconds_count", status="completed") == 1
+    refusals = value(samples, "ikstream_rejections_total", status_code="401", reason="unauthorized")
+    assert refusals == 1
