@@ -38,6 +38,18 @@ def documented() -> list[str]:
     return paths
 
 
+def listed_members() -> dict[str, list[str]]:
+    """The ``members:`` lists of the directives that give one (a module page in order)."""
+    pattern = re.compile(
+        r"^::: ([\w.]+)\n    options:\n      members:\n((?:        - \w+\n)+)", re.M
+    )
+    found = {}
+    for page in sorted(REFERENCE.glob("*.md")):
+        for path, block in pattern.findall(page.read_text("utf-8")):
+            found[path] = re.findall(r"- (\w+)", block)
+    return found
+
+
 def resolve(path: str) -> object:
     module, _, name = path.rpartition(".")
     try:
@@ -76,6 +88,9 @@ def test_a_module_documented_whole_exports_what_it_defines(module: str) -> None:
     assert imported.__all__, module
     for name in imported.__all__:
         assert getattr(imported, name) is not None
+    members = listed_members().get(f"{PACKAGE}.{module}")
+    if members is not None:  # a page that lists the members lists each exported name once
+        assert sorted(members) == sorted(imported.__all__)
 
 
 def test_names_moved_out_of_the_root_still_import_from_it() -> None:

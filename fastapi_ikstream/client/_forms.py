@@ -1,4 +1,4 @@
-"""The client's other reading forms: byte streams, fal-style listeners, and run inputs.
+"""The client's other reading forms: byte streams and fal-style listeners.
 
 Re-exported from `fastapi_ikstream.client`; see there for the timeouts and the exceptions.
 
@@ -6,42 +6,28 @@ Re-exported from `fastapi_ikstream.client`; see there for the timeouts and the e
   (a queue, a custom transport, a file), as the JavaScript ``processReadableStream`` utility.
 - `stream_states`: a `StateStream` with fal's ``on("message" | "error" | "done", ...)``
   listeners, ``await stream.done()`` and ``async for`` (fal's ``FalStream`` form).
-- `image_input`: a file path, bytes or a PIL image as a run input (a ``data:`` URL).
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import inspect
-import io
-import mimetypes
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias
+from typing import Any, Literal, Self, TypeAlias
 
 import httpx
 
-from ._exceptions import StreamConsumedError
-from ._models import RunState
-from .client import (
-    _MAGIC,
-    DEFAULT_TIMEOUT,
-    AsyncRunStream,
-    OnProgress,
-    Results,
-    RunStream,
-    aconnect_states,
-)
-
-if TYPE_CHECKING:
-    from PIL.Image import Image
+from .._exceptions import StreamConsumedError
+from .._models import RunState
+from ._async import AsyncRunStream, aconnect_states
+from ._core import DEFAULT_TIMEOUT, OnProgress
+from ._results import Results
+from ._sync import RunStream
 
 __all__ = [
     "Listener",
     "StateStream",
     "StreamEvent",
-    "image_input",
     "process_readable_stream",
     "process_readable_stream_sync",
     "stream_states",
@@ -294,45 +280,3 @@ def stream_states(
         The stream, not started.
     """
     return StateStream(lambda: aconnect_states(client, method, url, **kwargs))
-
-
-def _sniff(data: bytes) -> str | None:
-    for magic, offset, mime in _MAGIC:
-        if data[offset : offset + len(magic)] == magic:
-            return mime
-    return None
-
-
-def image_input(image: str | Path | bytes | Image, *, format: str = "PNG") -> str:
-    """Turn an image into a run input: a ``data:`` URL with base64, as `RunRequest` takes.
-
-    Example::
-
-        body = {"inputs": [image_input("photo.jpg")]}
-
-    Args:
-        image: a file path, the bytes of an image file, or a ``PIL.Image.Image``.
-        format: the Pillow format a PIL image is encoded with. Default ``"PNG"``.
-
-    Returns:
-        ``data:{mime};base64,{data}``; the media type is sniffed from the bytes (PNG, JPEG,
-        GIF, WebP), else guessed from the file name, else ``application/octet-stream``.
-
-    Raises:
-        OSError: the file cannot be read.
-        TypeError: ``image`` is none of these.
-    """
-    guess: str | None = None
-    if isinstance(image, bytes | bytearray | memoryview):
-        data = bytes(image)
-    elif isinstance(image, str | Path):
-        data = Path(image).read_bytes()
-        guess = mimetypes.guess_type(str(image))[0]
-    elif callable(getattr(image, "save", None)):
-        buffer = io.BytesIO()
-        image.save(buffer, format=format)
-        data = buffer.getvalue()
-    else:
-        raise TypeError(f"not an image, a path or bytes: {type(image).__name__}")
-    mime = _sniff(data) or guess or "application/octet-stream"
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"

@@ -1,0 +1,429 @@
+"""`RedisRunStore`: runs kept in Redis, shared by every worker that points at the same server.
+
+The key layout is described in `fastapi_ikstream.redis`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import uuid
+import weakref
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from .._exceptions import QuotaExceededError, RunNotFoundError, StoreError
+from .._models import EventType, RunState, RunStatus
+from .._redis_faults import Health, translated, unavailable
+from .._store import CancelHandler, RunInfo, RunStore, Subscription
+from ._background import StoreTasks
+from ._reader import SharedReader
+from ._reads import ReadContext, RunLimits, RunReads, run_keys
+from ._records import LocalRun, fields_of
+from ._scripts import Scripts
+from ._subscription import RedisRunSubscription
+
+__all__ = ["RedisRunStore"]
+
+_CLOSE_FLUSH_SECONDS = 2.0
+
+
+class RedisRunStore(StoreTasks, RunStore):
+    """Keeps runs in Redis, shared by every worker that points at the same server.
+
+    ``append`` never waits on the network: events are queued per run and written in order by
+    a background task, several per script call when they pile up (``flush`` waits for them).
+    The worker that creates a run owns it and holds a lease on it; if the lease lapses
+    before the run ends (the worker died, even by ``kill -9``), any worker ends the run with
+    a ``failed`` event (code ``orphaned``) and ``done``, exactly once.
+
+    Example::
+
+        store = RedisRunStore("redis://127.0.0.1:6379/0", retention=600)
+        router = create_router(deployment, store=store)
+
+    Args:
+        url: the Redis URL (``redis://``, ``rediss://`` or ``unix://``). Default
+            ``"redis://127.0.0.1:6379/0"``.
+        prefix: prefix of every key and channel. Default ``"ikstream:"``.
+        max_events_per_run: events kept per run (the stream is trimmed exactly to it); a
+            reader that asks for older ones gets a ``reset``. Default 10,000.
+        max_bytes_per_run: bytes of event JSON kept per run at most; the oldest events are
+            dropped first (a reader that asks for them gets a ``reset``), the last two (a
+            run's terminal state and ``done``) always stay. None for no bound. Default 16 MiB.
+        retention: seconds a finished run stays readable. Default 300.0.
+        lease_seconds: lifetime of the owner's lease, refreshed three times per lease. A run
+            whose owner stops is ended as ``orphaned`` within about ``lease_seconds +
+            sweep_interval``. Default 5.0.
+        sweep_interval: seconds between two searches for runs whose lease lapsed; None uses
+            ``lease_seconds``. Default None.
+        max_watcher_queue: events buffered per local reader; a reader that falls further
+            behind reads from its own cursor instead. Default 256.
+        max_connections: connections of the command pool; callers wait for a free one.
+            Default 16.
+        **redis_options: passed to ``redis.asyncio.Redis.from_url`` and the pools
+            (e.g. ``socket_timeout``, ``password``, ``ssl_ca_certs``).
+
+    Raises:
+        MissingExtraError: on import, when ``redis`` is not installed.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "ikstream:",
+        max_events_per_run: int = 10_000,
+        max_bytes_per_run: int | None = 16 * 1024 * 1024,
+        retention: float = 300.0,
+        lease_seconds: float = 5.0,
+        sweep_interval: float | None = None,
+        max_watcher_queue: int = 256,
+        max_connections: int = 16,
+        **redis_options: Any,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.max_events_per_run = max(1, max_events_per_run)
+        self.max_bytes_per_run = max_bytes_per_run
+        self.retention = retention
+        self.lease_seconds = lease_seconds
+        self.sweep_interval = lease_seconds if sweep_interval is None else sweep_interval
+        self.max_watcher_queue = max(1, max_watcher_queue)
+        self.max_connections = max(2, max_connections)
+        self.redis_options = redis_options
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.cancel_channel = f"{prefix}cancel"
+        self._worker_key = f"{prefix}worker:{self.worker_id}"
+        self._retention_ms = max(1, int(retention * 1000))
+        self._lease_ms = max(1, int(lease_seconds * 1000))
+        self._live_ms = self._retention_ms + 2 * self._lease_ms + int(self.sweep_interval * 1000)
+        self._idle_check = max(0.05, lease_seconds)
+        self._cancel_handler: CancelHandler | None = None
+        self._local: dict[str, LocalRun] = {}
+        self._started = False
+        self._closed = False
+        self._closing = False
+        self._start_lock: asyncio.Lock | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._generation = 0
+        self._client: Redis | None = None
+        self._pubsub_client: Redis | None = None
+        self._pubsub: PubSub | None = None
+        self._reader: SharedReader | None = None
+        self._wake_writer: asyncio.Event | None = None
+        self._scripts: Scripts | None = None
+        self._subscriptions: weakref.WeakSet[RedisRunSubscription] = weakref.WeakSet()
+        self.health = Health()
+        limits = RunLimits(self.max_events_per_run, self._retention_ms, self._live_ms)
+        self._reads = RunReads(
+            lambda: self.client, self._lua, prefix, limits, self._notify_orphaned
+        )
+        self._context = ReadContext(
+            reads=self._reads,
+            health=self.health,
+            max_queue=self.max_watcher_queue,
+            idle_check=self._idle_check,
+            reader=lambda: self._reader,
+            ensure_started=self._ensure_started,
+            started=lambda: self._started,
+            closed=lambda: self._closed,
+        )
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def _keys(self, run_id: str) -> list[str]:
+        return run_keys(self.prefix, run_id)
+
+    def _lua(self) -> Scripts:
+        if self._scripts is None:
+            raise StoreError("the Redis run store is not started")
+        return self._scripts
+
+    @property
+    def client(self) -> Redis:
+        """The command client (started). Raises `StoreError` before `start`."""
+        if self._client is None:
+            raise StoreError("the Redis run store is not started")
+        return self._client
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and start the writer, the shared reader, the lease and cancel tasks.
+
+        Called on first use; safe to call more than once.
+
+        Raises:
+            StoreError: Redis cannot be reached.
+        """
+        if self._started:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            options = {**self.redis_options, "decode_responses": True}
+            pool = BlockingConnectionPool.from_url(
+                self.url, max_connections=self.max_connections, **options
+            )
+            client = Redis.from_pool(pool)
+            pubsub_client = Redis.from_url(self.url, **options)
+            pubsub = pubsub_client.pubsub(ignore_subscribe_messages=True)
+            self._client = client
+            self._scripts = Scripts(client)
+            try:
+                await client.ping()
+                await self._heartbeat()
+                await pubsub.subscribe(self.cancel_channel)
+            except (RedisError, OSError) as exc:
+                self._client = None
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub_client.aclose()
+                await client.aclose()
+                raise unavailable(exc, "connecting") from None
+            self._pubsub_client = pubsub_client
+            self._pubsub = pubsub
+            self._wake_writer = asyncio.Event()
+            reader_pool = ConnectionPool.from_url(self.url, **options)
+            self._reader = SharedReader(client, self.health, self.prefix, reader_pool)
+            self._generation += 1
+            gen = self._generation
+            loop = asyncio.get_running_loop()
+            self._tasks = [
+                loop.create_task(self._write_loop(gen), name="ikstream-redis-writer"),
+                loop.create_task(self._reader.run(), name="ikstream-redis-reader"),
+                loop.create_task(self._refresh_loop(gen), name="ikstream-redis-leases"),
+                loop.create_task(self._sweep_loop(gen), name="ikstream-redis-sweeper"),
+                loop.create_task(self._listen_loop(gen), name="ikstream-redis-cancels"),
+            ]
+            self._closed = False
+            self._started = True
+
+    async def _ensure_started(self) -> None:
+        if not self._started:
+            await self.start()
+
+    async def aclose(self) -> None:
+        """Write what is queued (for up to 2 s), stop the background tasks and disconnect.
+
+        Runs this worker still owns are not ended: their leases lapse and another worker
+        ends them as ``orphaned``.
+        """
+        if not self._started or self._closing:
+            return
+        self._closing = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._flush_all(), _CLOSE_FLUSH_SECONDS)
+        self._started = False
+        self._closed = True
+        self._generation += 1  # background loops end even if a cancellation gets lost
+        if self._reader is not None:
+            self._reader.running = False
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+        with contextlib.suppress(RedisError, OSError):
+            await asyncio.wait_for(self.client.delete(self._worker_key), 1.0)
+        for run in self._local.values():
+            run.wake()
+        self._local.clear()
+        if self._reader is not None:
+            await self._reader.aclose()
+        for subscription in list(self._subscriptions):
+            subscription.wake(False)
+        if self._pubsub is not None:
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        if self._pubsub_client is not None:
+            await self._pubsub_client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+        self._client = self._pubsub_client = self._pubsub = None
+        self._reader = None
+        self._scripts = None
+        self._start_lock = None
+        self._closing = False
+
+    async def _flush_all(self) -> None:
+        for run_id in list(self._local):
+            await self.flush(run_id)
+
+    # -- runs ------------------------------------------------------------------------------
+
+    @translated("creating a run")
+    async def create_run(
+        self,
+        run_id: str,
+        *,
+        principal: str | None,
+        quota_key: str | None = None,
+        max_active: int | None = None,
+        attached: bool = False,
+    ) -> None:
+        """Register a new run, owned by this worker (see `RunStore.create_run`).
+
+        The caller's unfinished runs are counted in Redis, so ``max_active`` holds across
+        every worker of the store.
+
+        Raises:
+            QuotaExceededError: ``quota_key`` has ``max_active`` unfinished runs.
+            StoreError: the run exists already.
+            StoreUnavailableError: Redis cannot be reached.
+        """
+        await self._ensure_started()
+        if run_id in self._local:
+            raise StoreError(f"run {run_id} exists already")
+        args = [run_id, self.worker_id, principal or "", "0" if principal is None else "1"]
+        holder = "" if quota_key is None else f"{self.prefix}holder:{quota_key}"
+        extra = [
+            "1" if attached else "0",
+            holder,
+            max_active or 0,
+            f"{self.prefix}meta:",
+            self.max_bytes_per_run or 0,
+        ]
+        created = await self._lua().create(
+            keys=self._keys(run_id), args=[*args, self._lease_ms, self._live_ms, *extra]
+        )
+        if created == -1:
+            raise QuotaExceededError(max_active or 0)
+        if not created:
+            raise StoreError(f"run {run_id} exists already")
+        self._local[run_id] = LocalRun()
+
+    def append(self, state: RunState) -> None:
+        """Queue the run's next event for writing; never blocks (see `RunStore.append`).
+
+        When more than ``max_events_per_run`` events of a run wait to be written (Redis is
+        slow or away), the oldest are dropped: they would be trimmed on writing anyway, and
+        readers that asked for them get a ``reset``.
+
+        Raises:
+            RunNotFoundError: the run was not created by this store.
+            ValueError: the seq does not follow the previous one, or ``done`` was appended.
+        """
+        run = self._local.get(state.run_id)
+        if run is None:
+            if self._closed:
+                return
+            raise RunNotFoundError(state.run_id)
+        if run.done:
+            raise ValueError("the run's log already ended with 'done'")
+        if state.seq != run.top + 1:
+            raise ValueError(f"seq {state.seq} does not follow {run.top}")
+        run.top = state.seq
+        run.pending.append(fields_of(state))
+        if len(run.pending) > self.max_events_per_run:
+            run.pending.popleft()
+        if state.type is EventType.DONE:
+            run.done = True
+        if self._wake_writer is not None:
+            self._wake_writer.set()
+
+    async def flush(self, run_id: str) -> None:
+        """Wait until every event appended so far for the run is written to Redis."""
+        run = self._local.get(run_id)
+        if run is None:
+            return
+        target = run.top
+        loop = asyncio.get_running_loop()
+        while run.written < target and self._local.get(run_id) is run and self._started:
+            fut: asyncio.Future[None] = loop.create_future()
+            run.waiters.append(fut)
+            await fut
+
+    @translated("reading a run")
+    async def get_info(self, run_id: str) -> RunInfo | None:
+        """See `RunStore.get_info`."""
+        await self._ensure_started()
+        data: dict[Any, Any] = await self.client.hgetall(self._keys(run_id)[1])
+        if not data or "last_seq" not in data:
+            return None
+        return RunInfo(
+            run_id=run_id,
+            principal=data.get("principal"),
+            status=RunStatus(data.get("status", RunStatus.RECEIVED.value)),
+            first_seq=int(data.get("first_seq", "1")),
+            last_seq=int(data["last_seq"]),
+            finished=data.get("finished") == "1",
+            latest=data.get("latest"),
+            cancel_requested=data.get("cancel") == "1",
+            attached=data.get("attached") == "1",
+        )
+
+    def subscribe(self, run_id: str, after_seq: int = 0) -> Subscription:
+        """Read the run's events after ``after_seq`` (see `RunStore.subscribe`).
+
+        The run is looked up on the first ``next_batch`` (this method cannot wait on
+        Redis): for an unknown or expired run, ``next_batch`` returns None at once. Check
+        with `get_info` first to answer 404.
+        """
+        subscription = RedisRunSubscription(self._context, run_id, after_seq)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    @translated("cancelling a run")
+    async def request_cancel(self, run_id: str, reason: str) -> bool:
+        """Set the run's durable cancel flag and notify every worker (see `RunStore`)."""
+        await self._ensure_started()
+        notice = json.dumps({"run_id": run_id, "reason": reason})
+        accepted = await self._lua().cancel(
+            keys=[self._keys(run_id)[1]], args=[reason, self.cancel_channel, notice]
+        )
+        if accepted and run_id in self._local:
+            self._dispatch_cancel(run_id, reason)
+        return bool(accepted)
+
+    @translated("counting readers")
+    async def add_watcher(self, run_id: str, delta: int) -> int:
+        """Count a reader in (+1) or out (-1); returns the readers open on all live workers.
+
+        Each worker counts its own readers in the run's meta hash; the readers of a worker
+        that stopped without counting them out no longer count once its heartbeat (renewed
+        with the leases) lapses.
+        """
+        await self._ensure_started()
+        args: list[int | str] = [delta, f"w:{self.worker_id}", f"{self.prefix}worker:"]
+        total = await self._lua().watch(keys=[self._keys(run_id)[1]], args=args)
+        return int(total)
+
+    @translated("claiming a usage record")
+    async def claim_usage(self, run_id: str) -> bool:
+        """True for the first worker that asks, of all workers (see `RunStore.claim_usage`).
+
+        One ``SET NX`` on ``{prefix}usage:{run_id}``, kept as long as the run's keys.
+        """
+        await self._ensure_started()
+        key = f"{self.prefix}usage:{run_id}"
+        return bool(await self.client.set(key, self.worker_id, nx=True, px=self._live_ms))
+
+    @translated("sweeping")
+    async def sweep(self) -> int:
+        """End the runs whose owner's lease lapsed as ``orphaned`` (also done periodically).
+
+        Returns:
+            How many runs this call ended; concurrent sweeps on other workers end each
+            run once in all.
+        """
+        await self._ensure_started()
+        return await self._sweep()
+
+    async def _sweep(self) -> int:
+        due = await self._lua().due(keys=[self._keys("")[3]], args=[100])
+        ended = 0
+        for run_id in due:
+            local = self._local.get(run_id)
+            if local is not None and not local.ended_elsewhere:
+                continue  # alive here: the lease task renews it
+            if await self._reads.orphan_now(run_id):
+                ended += 1
+        return ended
