@@ -213,6 +213,7 @@ class RouterCore:
         """``POST {path}``: run, wait for the end, answer the final state as JSON.
 
         The run is cancelled at once if the client goes away (nothing could resume it).
+        The answer is sent once the run's end is stored: its slot is free by then.
         """
         self.check_accepting()
         headers = await self.admission.admit_run(request, principal)
@@ -228,6 +229,10 @@ class RouterCore:
                 await asyncio.wait({task})
         finally:
             watcher.cancel()
+        # The answer comes once the store has the run's end too, so the caller's slot is
+        # free for the next request it sends on reading it.
+        with contextlib.suppress(StoreError):  # the store logged it; the answer still holds
+            await self.manager.store.flush(run.run_id)
         final = run.terminal_state
         return Response(
             final.to_json() if final is not None else "{}",
