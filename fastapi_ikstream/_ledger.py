@@ -5,8 +5,8 @@ When the run's task ends, its record waits for the run's streams here to close (
 still writing its last events), ``STREAM_WAIT`` seconds at most, and is then delivered to
 ``on_usage``: once claimed in the run store (`RunStore.claim_usage`), so that with a shared
 store one worker reports each run. A run ended as ``orphaned`` by this worker's store (its
-owner stopped) is reported here with what the store knows: its principal; its start,
-events and bytes died with its worker.
+owner stopped) is reported here with what the store knows: its principal and its start;
+the events and bytes its worker sent died with that worker.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable, Coroutine
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from ._exceptions import StoreError
@@ -129,15 +129,16 @@ class UsageLedger:
             logger.exception("run %s: on_usage raised", run_id)
 
     async def _orphan_meter(self, run_id: str) -> UsageMeter:
-        principal = None
+        info = None
         if self.store is not None:
             try:
                 info = await self.store.get_info(run_id)
             except StoreError as exc:
                 logger.warning("run %s: its owner is unknown: %s", run_id, exc)
-            else:
-                principal = info.principal if info is not None else None
-        return UsageMeter(run_id, router=self.label, principal=principal)
+        principal = info.principal if info is not None else None
+        created = info.created_at if info is not None else None
+        started = datetime.fromtimestamp(created, UTC) if created is not None else None
+        return UsageMeter(run_id, router=self.label, principal=principal, started_at=started)
 
     async def _claim(self, run_id: str) -> bool:
         """True if this worker reports the run (also when the store cannot say: at least once)."""

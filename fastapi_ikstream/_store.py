@@ -106,6 +106,9 @@ class RunInfo:
         cancel_requested: true once a cancel has been asked for.
         attached: true for a run tied to the connection that started it (cancelled when
             its readers are gone past the grace time); false for a detached run.
+        created_at: when the run was created, in seconds since the epoch, if the store
+            keeps it (a shared store does: its usage record needs it when the worker that
+            ran it stopped).
     """
 
     run_id: str
@@ -117,6 +120,7 @@ class RunInfo:
     latest: str | None
     cancel_requested: bool = False
     attached: bool = False
+    created_at: float | None = None
 
 
 class Subscription(ABC):

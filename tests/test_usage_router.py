@@ -7,6 +7,7 @@ import signal
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -267,12 +268,14 @@ async def test_an_orphaned_run_is_reported_once_by_a_surviving_worker(redis_url:
         owner = await asyncio.to_thread(start_worker, redis_url, prefix)
         try:
             async with client_for(a.url) as client, asyncio.timeout(30):
+                before = datetime.now(UTC)
                 created = await client.post(
                     owner.url + "/api/gen/runs", json={"steps": 1000, "delay": 0.02}
                 )
                 run_id = created.json()["run_id"]
                 url = f"{a.url}/api/gen/runs/{run_id}/events"
                 await read_stream(client, "GET", url, stop_after=2)  # it is running
+                killed = datetime.now(UTC)
                 owner.stop(signal.SIGKILL)
                 await eventually(lambda: all_records(*usages), timeout=10, what="the orphan")
         finally:
@@ -282,6 +285,11 @@ async def test_an_orphaned_run_is_reported_once_by_a_surviving_worker(redis_url:
     assert (record.status.value, record.error_code) == ("failed", "orphaned")
     assert record.principal is None  # the owner ran without auth
     assert record.router == "gen"
+    # its start was kept in the store: the run's seconds run from it to the sweep
+    second = timedelta(seconds=1)  # Redis's clock and this one are the same host's
+    assert before - second <= record.started_at <= killed + second
+    assert record.ended_at > killed - second
+    assert record.run_seconds > 0
 
 
 async def run_to_end(client: httpx.AsyncClient, url: str) -> str:

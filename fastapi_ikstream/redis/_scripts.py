@@ -145,7 +145,8 @@ if holder ~= '' then
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[2], 'status', 'received', 'last_seq', '0', 'first_seq', '1',
-  'finished', '0', 'cancel', '0', 'watchers', '0', 'owner', ARGV[2], 'attached', ARGV[7])
+  'finished', '0', 'cancel', '0', 'watchers', '0', 'owner', ARGV[2], 'attached', ARGV[7],
+  'created', now_ms())
 if holder ~= '' then redis.call('HSET', KEYS[2], 'holder', holder) end
 if tonumber(ARGV[11]) > 0 then redis.call('HSET', KEYS[2], 'maxbytes', ARGV[11], 'bytes', '0') end
 if ARGV[4] == '1' then redis.call('HSET', KEYS[2], 'principal', ARGV[3]) end

@@ -358,6 +358,7 @@ class RedisRunStore(StoreTasks, RunStore):
             latest=data.get("latest"),
             cancel_requested=data.get("cancel") == "1",
             attached=data.get("attached") == "1",
+            created_at=int(data["created"]) / 1000 if "created" in data else None,
         )
 
     def subscribe(self, run_id: str, after_seq: int = 0) -> Subscription:
