@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import sys
 import uuid
 from collections.abc import Coroutine, Iterator
@@ -69,7 +70,7 @@ RETRY_MS = 1000
 GRACE = 30.0  # well above the retry delay, as create_router demands
 KEEP_ALIVE = 15.0
 SETTINGS = settings(
-    max_examples=int(__import__("os").environ.get("SM_EXAMPLES", "12")),
+    max_examples=int(os.environ.get("IKSTREAM_STATEFUL_EXAMPLES", "12")),  # more for a soak
     stateful_step_count=30,
     derandomize=True,
     database=None,
