@@ -136,10 +136,17 @@ class RouterCore:
         after_seq: int,
         media_type: str,
         headers: dict[str, str],
+        *,
+        counted: bool = False,
     ) -> EventStreamResponse:
-        """Stream ``run_id`` after ``after_seq``, as one of the caller's open streams."""
+        """Stream ``run_id`` after ``after_seq``, as one of the caller's open streams.
+
+        ``counted``: the caller's stream was counted in already (`stream` does it before it
+        creates the run); from here on this method gives it back.
+        """
         key = self.admission.key(request, principal)
-        self.admission.open_stream(key)
+        if not counted:
+            self.admission.open_stream(key)
         try:
             subscription = self.store.subscribe(run_id, after_seq)
             await self.manager.reader_joined(run_id)
@@ -192,9 +199,23 @@ class RouterCore:
         if cursor is not None and cursor.run_id is not None:
             return await self.resume(request, principal, cursor, media_type)
         headers = await self.admission.admit_run(request, principal)
-        run = make_run(payload)
-        await self.create(request, principal, run, attached=True)
-        return await self.open_stream(request, principal, run.run_id, 0, media_type, headers)
+        # The stream quota before the run: a stream refused after its run was created would
+        # leave an attached run that no reader ever joins, holding its slot to the timeout.
+        key = self.admission.key(request, principal)
+        self.admission.open_stream(key)
+        try:
+            run = make_run(payload)
+            await self.create(request, principal, run, attached=True)
+        except BaseException:
+            self.admission.close_stream(key)
+            raise
+        try:
+            return await self.open_stream(
+                request, principal, run.run_id, 0, media_type, headers, counted=True
+            )
+        except BaseException:
+            run.cancel("the stream could not be opened")
+            raise
 
     async def resume(
         self, request: Request, principal: Any, cursor: Cursor, media_type: str

@@ -106,6 +106,11 @@ class RunManager:
             self._unhook = [on_shutdown_signal(self._shutdown_now)]
             self._started = True
 
+    @property
+    def in_grace(self) -> frozenset[str]:
+        """Attached runs whose readers are all gone, waiting ``reconnect_grace`` for one."""
+        return frozenset(self._grace_tasks)
+
     def install_signal_handlers(self) -> None:
         """Kept for compatibility: `ensure_started` hooks SIGTERM and SIGINT itself."""
 

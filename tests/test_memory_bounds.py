@@ -1,8 +1,12 @@
-"""30 readers that never read, on a finished 30 MB run, cost the server under 30 MB of RSS."""
+"""30 readers that never read, on a finished 30 MB run, cost the server under 30 MB of RSS.
+
+With the memory store, and with the run kept in a real Redis.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 import time
@@ -11,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import free_port
+from redis_server import run_redis_server
 from test_shutdown import wait_ready
 
 pytestmark = pytest.mark.timeout(60)
@@ -27,12 +32,25 @@ def rss(pid: int) -> int:
 
 
 async def test_never_reading_sockets_on_a_30_mb_run_keep_rss_growth_under_30_mb():
+    await never_reading_sockets("tests.apps.big_run_app:app", {})
+
+
+@pytest.mark.redis
+async def test_never_reading_sockets_on_a_30_mb_redis_run_keep_rss_growth_under_30_mb():
+    with run_redis_server() as redis:
+        env = {"IKSTREAM_TEST_REDIS_URL": redis.url, "IKSTREAM_TEST_REDIS_PREFIX": "big:"}
+        await never_reading_sockets("tests.apps.big_run_redis_app:app", env)
+        with redis.client() as client:  # the run really was kept in Redis
+            assert client.memory_usage(next(client.scan_iter("big:run:*"))) > 25 * MB
+
+
+async def never_reading_sockets(app: str, env: dict[str, str]) -> None:
     port = free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "uvicorn",
-        "tests.apps.big_run_app:app",
+        app,
         "--host",
         "127.0.0.1",
         "--port",
@@ -40,6 +58,7 @@ async def test_never_reading_sockets_on_a_30_mb_run_keep_rss_growth_under_30_mb(
         "--log-level",
         "warning",
         cwd=ROOT,
+        env={**os.environ, **env},
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
