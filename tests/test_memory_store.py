@@ -286,3 +286,31 @@ async def test_a_reader_that_leaves_during_a_deferred_wake_up_is_forgotten(
     assert await late
     log.append("done", 4, "done")
     assert log.finished
+
+
+async def test_a_reader_joining_during_a_deferred_wake_up_gets_no_empty_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_log, "BUSY_WITHIN", float("inf"))
+    store = MemoryRunStore()
+    await store.create_run("r", principal=None)
+    store.append(state("r", 1, EventType.RUN, status=RunStatus.RECEIVED))
+    first = store.subscribe("r", 0)
+    assert [e.seq for e in await first.next_batch(10.0) or []] == [1]
+    waiting = asyncio.create_task(first.next_batch(10.0))
+    await asyncio.sleep(0)
+    store.append(progress("r", 2, 2.0))  # the log's first wake-up: at once
+    assert [e.seq for e in await waiting or []] == [2]
+    waiting = asyncio.create_task(first.next_batch(10.0))
+    await asyncio.sleep(0)
+    store.append(progress("r", 3, 3.0))  # busy now: the wake-up is deferred
+    late = store.subscribe("r", 3)  # joins after seq 3, while the wake-up is pending
+    late_batch = asyncio.create_task(late.next_batch(None))
+    for _ in range(_log.COALESCE_TURNS + 2):
+        await asyncio.sleep(0)
+    assert [e.seq for e in await waiting or []] == [3]
+    assert not late_batch.done()  # woken with nothing new: it waits on, no empty batch
+    store.append(progress("r", 4, 4.0))
+    assert [e.seq for e in await asyncio.wait_for(late_batch, 5) or []] == [4]
+    await first.aclose()
+    await late.aclose()
