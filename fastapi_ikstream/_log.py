@@ -26,6 +26,12 @@ __all__ = ["RunLog"]
 
 T = TypeVar("T")
 
+BUSY_WITHIN = 0.05
+"""A log is busy when its readers were last woken less than this many seconds ago."""
+
+COALESCE_TURNS = 8
+"""A busy log wakes its readers at most this many loop turns after an append."""
+
 
 class RunLog(Generic[T]):
     """A bounded append-only log of one run's events.
@@ -50,6 +56,10 @@ class RunLog(Generic[T]):
         "_sizes",
         "_stale",
         "_waiters",
+        "_wake_handle",
+        "_wake_seq",
+        "_wake_turns",
+        "_woken_at",
         "finished",
         "first_seq",
         "last_seq",
@@ -74,6 +84,10 @@ class RunLog(Generic[T]):
         self._stale: list[int] = []  # seqs of superseded events still held
         self._latest_super = 0  # seq of the latest supersedable event (0: none)
         self._waiters: list[asyncio.Future[None]] = []
+        self._wake_handle: asyncio.Handle | None = None  # a deferred wake-up, pending
+        self._wake_turns = 0
+        self._wake_seq = 0
+        self._woken_at = float("-inf")
         self.first_seq = 1
         self.last_seq = 0
         self.finished = False
@@ -237,11 +251,49 @@ class RunLog(Generic[T]):
             self._waiters.remove(fut)
 
     def _wake(self) -> None:
-        if self._waiters:
-            waiters, self._waiters = self._waiters, []
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
+        """Wake the waiting readers: at once, or, when the log is busy, a few turns later.
+
+        A source that reports each update on its own loop turn would wake every reader
+        once per event, and every write would carry one event. So a busy log (its readers
+        were woken less than `BUSY_WITHIN` seconds ago) defers the wake-up by one loop turn
+        at a time while events keep arriving, `COALESCE_TURNS` turns at most: its readers
+        then take the events of those turns with one wake-up and one write. A log whose
+        events are further apart wakes its readers at once.
+        """
+        waiters = self._waiters
+        if not waiters or self._wake_handle is not None:
+            return
+        loop = waiters[0].get_loop()
+        now = loop.time()
+        if self.finished or now - self._woken_at >= BUSY_WITHIN:
+            self._resolve(now)
+            return
+        self._wake_turns = 0
+        self._wake_seq = self.last_seq
+        self._wake_handle = loop.call_soon(self._deferred_wake, loop)
+
+    def _deferred_wake(self, loop: asyncio.AbstractEventLoop) -> None:
+        turns = self._wake_turns = self._wake_turns + 1
+        # The first turn always waits: a source that appended and then yielded runs after
+        # this callback, in the same turn; the next checks see what it added meanwhile.
+        if (
+            self._waiters
+            and not self.finished
+            and turns <= COALESCE_TURNS
+            and (turns == 1 or self.last_seq != self._wake_seq)
+        ):
+            self._wake_seq = self.last_seq
+            self._wake_handle = loop.call_soon(self._deferred_wake, loop)
+            return
+        self._wake_handle = None
+        self._resolve(loop.time())
+
+    def _resolve(self, now: float) -> None:
+        self._woken_at = now
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
 
 
 def _expire(fut: asyncio.Future[None]) -> None:

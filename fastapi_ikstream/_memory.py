@@ -113,30 +113,36 @@ class MemoryRunSubscription(Subscription):
                 self._deadline = loop.time() + timeout
             return batch
         log = self._log
-        if log.finished:
-            self._ended = True
-            return None
-        if timeout is not None:
-            now = loop.time()
-            if self._deadline is None:
-                self._deadline = now + timeout
-            elif now >= self._deadline:
-                self._deadline = now + timeout
-                return []
-            if self._timer is None:
-                self._timer = loop.call_at(self._deadline, self._on_timer)
-        waiter = self._waiter = log.add_waiter()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-            if not waiter.done():
-                waiter.cancel()
-            log.remove_waiter(waiter)
-        batch = self._take()
+        while True:
+            if log.finished:
+                self._ended = True
+                return None
+            if timeout is not None:
+                now = loop.time()
+                if self._deadline is None:
+                    self._deadline = now + timeout
+                elif now >= self._deadline:
+                    self._deadline = now + timeout
+                    return []
+                if self._timer is None:
+                    self._timer = loop.call_at(self._deadline, self._on_timer)
+            waiter = self._waiter = log.add_waiter()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if not waiter.done():
+                    waiter.cancel()
+                log.remove_waiter(waiter)
+            batch = self._take()
+            deadline = self._deadline
+            if batch or (deadline is not None and loop.time() >= deadline - 0.001):
+                break
+            # Nothing new for this reader: the log's wake-up was deferred from before it
+            # began to wait (see `RunLog._wake`). Wait again, as if it had not happened.
         if timeout is not None:
             self._deadline = loop.time() + timeout
-        return batch or []
+        return batch
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -75,11 +75,19 @@ def logs_of(update: Mapping[str, Any]) -> list[LogLine] | None:
     Raises:
         ValidationError: a line is not a log line.
     """
+    logs = update.get("logs")
+    line = update.get("log")
+    if logs and not line and type(logs) is list:
+        for item in logs:
+            if type(item) is not dict or "ts" not in item:
+                break
+        else:  # the common case: dicts that carry their time, validated as they are
+            return _validate_lines(logs)  # type: ignore[no-any-return]
     raw: list[Any] = []
-    if update.get("logs"):
-        raw.extend(update["logs"])
-    if update.get("log"):
-        raw.append(update["log"])
+    if logs:
+        raw.extend(logs)
+    if line:
+        raw.append(line)
     if not raw:
         return None
     now = time.time()

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from fastapi_ikstream import EventType, MemoryRunStore, RunState, RunStatus
+from fastapi_ikstream import EventType, MemoryRunStore, RunState, RunStatus, _log
 from fastapi_ikstream.errors import QuotaExceededError
 
 
@@ -210,3 +210,101 @@ async def test_a_live_reader_meets_compaction_without_duplicates() -> None:
     assert seqs == sorted(set(seqs))
     assert got[-1] == ("done", seq)
     assert got[-2] == ("progress", seq - 1)
+
+
+async def _wakeups_for_one_event_per_turn(count: int) -> tuple[int, list[int]]:
+    """A reader counting its wake-ups while a source appends one event per loop turn."""
+    store = MemoryRunStore()
+    await store.create_run("r", principal=None)
+    store.append(state("r", 1, EventType.RUN, status=RunStatus.RECEIVED))
+    sub = store.subscribe("r", 0)
+    seqs: list[int] = []
+    batches = 0
+
+    async def read() -> None:
+        nonlocal batches
+        while (batch := await sub.next_batch(10.0)) is not None:
+            batches += 1
+            seqs.extend(e.seq for e in batch)
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0)
+    for seq in range(2, count + 2):
+        store.append(progress("r", seq, float(seq)))
+        await asyncio.sleep(0)
+    store.append(state("r", count + 2, EventType.DONE, status=RunStatus.COMPLETED))
+    await asyncio.wait_for(reader, 5)
+    await sub.aclose()
+    return batches, seqs
+
+
+async def test_a_busy_log_wakes_its_reader_once_per_batch_of_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_log, "BUSY_WITHIN", float("inf"))  # busy from the second wake-up on
+    batches, seqs = await _wakeups_for_one_event_per_turn(200)
+    assert seqs == list(range(1, 203))  # every event, once, in order
+    assert batches <= 200 // _log.COALESCE_TURNS + 3
+
+
+async def test_a_quiet_log_wakes_its_reader_at_every_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_log, "BUSY_WITHIN", 0.0)  # never busy: no deferred wake-up
+    batches, seqs = await _wakeups_for_one_event_per_turn(50)
+    assert seqs == list(range(1, 53))
+    assert batches >= 50
+
+
+async def test_a_reader_that_leaves_during_a_deferred_wake_up_is_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_log, "BUSY_WITHIN", float("inf"))
+    log: _log.RunLog[str] = _log.RunLog()
+    log.append("a", 1, "run")
+    first = asyncio.create_task(log.wait(1, None))
+    await asyncio.sleep(0)
+    log.append("b", 2, "progress")  # wakes at once: the first wake-up of the log
+    assert await first
+    waiter = asyncio.create_task(log.wait(2, None))
+    await asyncio.sleep(0)
+    log.append("c", 3, "progress")  # deferred: the log is busy
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    for _ in range(_log.COALESCE_TURNS + 2):
+        await asyncio.sleep(0)
+    late = asyncio.create_task(log.wait(2, None))  # something new is there already
+    assert await late
+    log.append("done", 4, "done")
+    assert log.finished
+
+
+async def test_a_reader_joining_during_a_deferred_wake_up_gets_no_empty_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_log, "BUSY_WITHIN", float("inf"))
+    store = MemoryRunStore()
+    await store.create_run("r", principal=None)
+    store.append(state("r", 1, EventType.RUN, status=RunStatus.RECEIVED))
+    first = store.subscribe("r", 0)
+    assert [e.seq for e in await first.next_batch(10.0) or []] == [1]
+    waiting = asyncio.create_task(first.next_batch(10.0))
+    await asyncio.sleep(0)
+    store.append(progress("r", 2, 2.0))  # the log's first wake-up: at once
+    assert [e.seq for e in await waiting or []] == [2]
+    waiting = asyncio.create_task(first.next_batch(10.0))
+    await asyncio.sleep(0)
+    store.append(progress("r", 3, 3.0))  # busy now: the wake-up is deferred
+    late = store.subscribe("r", 3)  # joins after seq 3, while the wake-up is pending
+    late_batch = asyncio.create_task(late.next_batch(None))
+    for _ in range(_log.COALESCE_TURNS + 2):
+        await asyncio.sleep(0)
+    assert [e.seq for e in await waiting or []] == [3]
+    assert not late_batch.done()  # woken with nothing new: it waits on, no empty batch
+    store.append(progress("r", 4, 4.0))
+    assert [e.seq for e in await asyncio.wait_for(late_batch, 5) or []] == [4]
+    await first.aclose()
+    await late.aclose()
