@@ -118,38 +118,40 @@ def _add_run_routes(
     for endpoint in (stream_post, run_to_end, start_detached):
         endpoint.__annotations__["payload"] = body
     stream_get.__annotations__["payload"] = query
-    summary = f"Run {label} and stream its events"
-    for endpoint, method, note, suffix in (
-        (stream_post, "POST", "", ""),
-        (stream_get, "GET", " (for EventSource)", "_get"),
-    ):
-        router.add_api_route(
-            f"{path}/stream",
-            endpoint,
-            methods=[method],
-            summary=summary + note,
-            operation_id=f"{label}_stream{suffix}",
-            response_class=EventStreamResponse,
-            responses=stream_doc,
-        )
-    router.add_api_route(
-        path or "/",
-        run_to_end,
-        methods=["POST"],
-        summary=f"Run {label} to the end",
-        operation_id=f"{label}_run",
-        response_model=RunState,
-        response_model_exclude_none=True,
-        responses=_RUN_TO_END_RESPONSES,
-    )
-    router.add_api_route(
-        f"{path}/runs",
-        start_detached,
-        methods=["POST"],
-        summary=f"Start a {label} run detached from any connection",
-        operation_id=f"{label}_start",
-        status_code=201,
-        response_model=RunCreated,
+    streams = {"response_class": EventStreamResponse, "responses": stream_doc}
+    _declare(
+        router,
+        path,
+        label,
+        ("POST", "/stream", stream_post, "stream", f"Run {label} and stream its events", streams),
+        (
+            "GET",
+            "/stream",
+            stream_get,
+            "stream_get",
+            f"Run {label} and stream its events (for EventSource)",
+            streams,
+        ),
+        (
+            "POST",
+            "",
+            run_to_end,
+            "run",
+            f"Run {label} to the end",
+            {
+                "response_model": RunState,
+                "response_model_exclude_none": True,
+                "responses": _RUN_TO_END_RESPONSES,
+            },
+        ),
+        (
+            "POST",
+            "/runs",
+            start_detached,
+            "start",
+            f"Start a {label} run detached from any connection",
+            {"status_code": 201, "response_model": RunCreated},
+        ),
     )
 
 
@@ -190,43 +192,70 @@ def _add_run_id_routes(router: APIRouter, core: RouterCore, options: RouterOptio
     async def cancel_run(run_id: RunIdPath, principal: Principal) -> JSONResponse:
         return await core.cancel(run_id, principal)
 
-    router.add_api_route(
-        f"{path}/runs/{{run_id}}/events",
-        run_events,
-        methods=["GET"],
-        summary=f"Stream a {label} run's events, from the start or from Last-Event-ID",
-        operation_id=f"{label}_events",
-        response_class=EventStreamResponse,
-        responses={
-            **stream_doc,
-            204: {"description": "The run has ended: stop reconnecting."},
-            404: ERROR_RESPONSES[404],
-        },
+    snapshot = {"response_model": RunSnapshot, "response_model_exclude_none": True}
+    _declare(
+        router,
+        path,
+        label,
+        (
+            "GET",
+            "/runs/{run_id}/events",
+            run_events,
+            "events",
+            f"Stream a {label} run's events, from the start or from Last-Event-ID",
+            {
+                "response_class": EventStreamResponse,
+                "responses": {
+                    **stream_doc,
+                    204: {"description": "The run has ended: stop reconnecting."},
+                    404: ERROR_RESPONSES[404],
+                },
+            },
+        ),
+        (
+            "GET",
+            "/runs/{run_id}",
+            run_state,
+            "state",
+            f"The latest state of a {label} run",
+            {**snapshot, "responses": {404: ERROR_RESPONSES[404]}},
+        ),
+        (
+            "DELETE",
+            "/runs/{run_id}",
+            cancel_run,
+            "cancel",
+            f"Cancel a {label} run",
+            {
+                **snapshot,
+                "status_code": 202,
+                "responses": {
+                    200: {
+                        "model": RunSnapshot,
+                        "description": "The run had ended: nothing to cancel.",
+                    },
+                    404: ERROR_RESPONSES[404],
+                },
+            },
+        ),
     )
-    router.add_api_route(
-        f"{path}/runs/{{run_id}}",
-        run_state,
-        methods=["GET"],
-        summary=f"The latest state of a {label} run",
-        operation_id=f"{label}_state",
-        response_model=RunSnapshot,
-        response_model_exclude_none=True,
-        responses={404: ERROR_RESPONSES[404]},
-    )
-    router.add_api_route(
-        f"{path}/runs/{{run_id}}",
-        cancel_run,
-        methods=["DELETE"],
-        summary=f"Cancel a {label} run",
-        operation_id=f"{label}_cancel",
-        status_code=202,
-        response_model=RunSnapshot,
-        response_model_exclude_none=True,
-        responses={
-            200: {"model": RunSnapshot, "description": "The run had ended: nothing to cancel."},
-            404: ERROR_RESPONSES[404],
-        },
-    )
+
+
+# One endpoint: method, path under the router's, function, operation id, summary, options.
+_Route = tuple[str, str, Callable[..., Any], str, str, dict[str, Any]]
+
+
+def _declare(router: APIRouter, path: str, label: str, *routes: _Route) -> None:
+    """Add each of ``routes`` under ``path``, its operation id prefixed with ``label``."""
+    for method, under, endpoint, operation, summary, options in routes:
+        router.add_api_route(
+            f"{path}{under}" or "/",
+            endpoint,
+            methods=[method],
+            summary=summary,
+            operation_id=f"{label}_{operation}",
+            **options,
+        )
 
 
 def _add_browser_module(router: APIRouter, path: str, label: str) -> None:
