@@ -1,6 +1,6 @@
 """The work behind the router's endpoints, one method per endpoint.
 
-The FastAPI functions in `_routing` only declare parameters (what OpenAPI shows and what
+The FastAPI functions in `_register` only declare parameters (what OpenAPI shows and what
 FastAPI validates) and call these methods with what they received: the caller, the
 validated input, the negotiated media type. Nothing here runs for a request that failed
 auth or validation.

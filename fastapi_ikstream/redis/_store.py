@@ -6,7 +6,6 @@ The key layout is described in `fastapi_ikstream.redis`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import socket
@@ -14,15 +13,14 @@ import uuid
 import weakref
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
 
 from .._exceptions import QuotaExceededError, RunNotFoundError, StoreError
 from .._models import EventType, RunState, RunStatus
-from .._redis_faults import Health, translated, unavailable
+from .._redis_faults import Health, translated
 from .._store import CancelHandler, RunInfo, RunStore, Subscription
-from ._background import StoreTasks
+from ._lifecycle import StoreLifecycle
 from ._reader import SharedReader
 from ._reads import ReadContext, RunLimits, RunReads, run_keys
 from ._records import LocalRun, fields_of
@@ -31,10 +29,8 @@ from ._subscription import RedisRunSubscription
 
 __all__ = ["RedisRunStore"]
 
-_CLOSE_FLUSH_SECONDS = 2.0
 
-
-class RedisRunStore(StoreTasks, RunStore):
+class RedisRunStore(StoreLifecycle, RunStore):
     """Keeps runs in Redis, shared by every worker that points at the same server.
 
     ``append`` never waits on the network: events are queued per run and written in order by
@@ -152,110 +148,6 @@ class RedisRunStore(StoreTasks, RunStore):
         if self._client is None:
             raise StoreError("the Redis run store is not started")
         return self._client
-
-    # -- life cycle ------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        """Connect and start the writer, the shared reader, the lease and cancel tasks.
-
-        Called on first use; safe to call more than once.
-
-        Raises:
-            StoreError: Redis cannot be reached.
-        """
-        if self._started:
-            return
-        if self._start_lock is None:
-            self._start_lock = asyncio.Lock()
-        async with self._start_lock:
-            if self._started:
-                return
-            options = {**self.redis_options, "decode_responses": True}
-            pool = BlockingConnectionPool.from_url(
-                self.url, max_connections=self.max_connections, **options
-            )
-            client = Redis.from_pool(pool)
-            pubsub_client = Redis.from_url(self.url, **options)
-            pubsub = pubsub_client.pubsub(ignore_subscribe_messages=True)
-            self._client = client
-            self._scripts = Scripts(client)
-            try:
-                await client.ping()
-                await self._heartbeat()
-                await pubsub.subscribe(self.cancel_channel)
-            except (RedisError, OSError) as exc:
-                self._client = None
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-                await pubsub_client.aclose()
-                await client.aclose()
-                raise unavailable(exc, "connecting") from None
-            self._pubsub_client = pubsub_client
-            self._pubsub = pubsub
-            self._wake_writer = asyncio.Event()
-            reader_pool = ConnectionPool.from_url(self.url, **options)
-            self._reader = SharedReader(client, self.health, self.prefix, reader_pool)
-            self._generation += 1
-            gen = self._generation
-            loop = asyncio.get_running_loop()
-            self._tasks = [
-                loop.create_task(self._write_loop(gen), name="ikstream-redis-writer"),
-                loop.create_task(self._reader.run(), name="ikstream-redis-reader"),
-                loop.create_task(self._refresh_loop(gen), name="ikstream-redis-leases"),
-                loop.create_task(self._sweep_loop(gen), name="ikstream-redis-sweeper"),
-                loop.create_task(self._listen_loop(gen), name="ikstream-redis-cancels"),
-            ]
-            self._closed = False
-            self._started = True
-
-    async def _ensure_started(self) -> None:
-        if not self._started:
-            await self.start()
-
-    async def aclose(self) -> None:
-        """Write what is queued (for up to 2 s), stop the background tasks and disconnect.
-
-        Runs this worker still owns are not ended: their leases lapse and another worker
-        ends them as ``orphaned``.
-        """
-        if not self._started or self._closing:
-            return
-        self._closing = True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._flush_all(), _CLOSE_FLUSH_SECONDS)
-        self._started = False
-        self._closed = True
-        self._generation += 1  # background loops end even if a cancellation gets lost
-        if self._reader is not None:
-            self._reader.running = False
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=1.0)
-        with contextlib.suppress(RedisError, OSError):
-            await asyncio.wait_for(self.client.delete(self._worker_key), 1.0)
-        for run in self._local.values():
-            run.wake()
-        self._local.clear()
-        if self._reader is not None:
-            await self._reader.aclose()
-        for subscription in list(self._subscriptions):
-            subscription.wake(False)
-        if self._pubsub is not None:
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-        if self._pubsub_client is not None:
-            await self._pubsub_client.aclose()
-        if self._client is not None:
-            await self._client.aclose()
-        self._client = self._pubsub_client = self._pubsub = None
-        self._reader = None
-        self._scripts = None
-        self._start_lock = None
-        self._closing = False
-
-    async def _flush_all(self) -> None:
-        for run_id in list(self._local):
-            await self.flush(run_id)
 
     # -- runs ------------------------------------------------------------------------------
 
