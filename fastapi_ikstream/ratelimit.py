@@ -102,7 +102,7 @@ class RateLimit:
         MissingExtraError: a ``redis://`` storage without redis-py installed.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - public constructor: keyword-only options
         self,
         limits: str,
         *,

@@ -157,7 +157,7 @@ class RemoteDeployment:
         name: a name for logs and documentation. Default ``"remote"``.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - public constructor: keyword-only options
         self,
         url: str,
         *,
