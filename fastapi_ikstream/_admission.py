@@ -69,10 +69,8 @@ class Admission:
             returning headers), or None.
         quotas: the per-caller quotas.
         max_concurrent_runs: unfinished runs per caller, or None.
-        scope: the budget's name in a shared storage (for the resume budget).
-        storage_uri: ``limits`` storage of the resume budget.
+        resume_limit: the resume budget (a ``RateLimit`` for ``quotas.resumes``), or None.
         trust_forwarded_for: key anonymous callers on ``X-Forwarded-For``.
-        fail_open: let requests through when the resume budget's storage fails.
     """
 
     def __init__(
@@ -81,27 +79,15 @@ class Admission:
         rate_limit: Any,
         quotas: Quotas,
         max_concurrent_runs: int | None,
-        scope: str | None,
-        storage_uri: str,
+        resume_limit: Any,
         trust_forwarded_for: bool,
-        fail_open: bool = False,
     ) -> None:
         self.rate_limit = rate_limit
         self.quotas = quotas
         self.trust_forwarded_for = trust_forwarded_for
         bounds = [b for b in (max_concurrent_runs, quotas.runs) if b is not None]
         self.max_active: int | None = min(bounds) if bounds else None
-        self.resume_limit: Any = None
-        if quotas.resumes is not None:
-            from .ratelimit import RateLimit
-
-            self.resume_limit = RateLimit(
-                quotas.resumes,
-                storage_uri=storage_uri,
-                scope=None if scope is None else scope + ":resume",
-                trust_forwarded_for=trust_forwarded_for,
-                fail_open=fail_open,
-            )
+        self.resume_limit: Any = resume_limit
         self._streams: dict[str, int] = {}
 
     def key(self, request: Request, principal: Any) -> str:

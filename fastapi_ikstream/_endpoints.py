@@ -128,7 +128,7 @@ class RouterCore:
                 headers={"Retry-After": "5"},
             ) from exc
 
-    async def open_stream(
+    async def open_stream(  # noqa: PLR0913 - the request's parts, passed through from the endpoints
         self,
         request: Request,
         principal: Any,
@@ -279,7 +279,7 @@ class RouterCore:
         )
         return JSONResponse(body.model_dump(), status_code=201, headers=headers)
 
-    async def events(
+    async def events(  # noqa: PLR0913 - the endpoint's request fields, passed through
         self,
         request: Request,
         run_id: str,

@@ -109,3 +109,18 @@ class RouterOptions:
             trust_forwarded_for=self.trust_forwarded_for,
             fail_open=self.rate_limit_fail_open,
         )
+
+    def resume_limiter(self, quotas: Quotas) -> Any:
+        """The ``RateLimit`` of ``quotas.resumes`` (beside the run budget), or None."""
+        if quotas.resumes is None:
+            return None
+        from .ratelimit import RateLimit
+
+        scope = self.scope
+        return RateLimit(
+            quotas.resumes,
+            storage_uri=self.rate_limit_storage,
+            scope=None if scope is None else scope + ":resume",
+            trust_forwarded_for=self.trust_forwarded_for,
+            fail_open=self.rate_limit_fail_open,
+        )

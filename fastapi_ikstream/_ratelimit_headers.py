@@ -1,4 +1,4 @@
-"""Rate-limit response headers: the de-facto ``X-RateLimit-*`` and the IETF fields.
+"""Rate-limit responses: the 429, the de-facto ``X-RateLimit-*`` headers and the IETF fields.
 
 The IETF fields follow draft-ietf-httpapi-ratelimit-headers (09): ``RateLimit-Policy``
 lists each policy as a Structured Field item, a quoted name with ``q`` (quota, requests)
@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from fastapi import HTTPException
 from limits import RateLimitItem
 
-__all__ = ["policy_header", "rate_limit_headers"]
+__all__ = ["policy_header", "rate_limit_headers", "rate_limited"]
 
 
 def _name(item: RateLimitItem) -> str:
@@ -52,3 +53,26 @@ def rate_limit_headers(
         headers["RateLimit-Policy"] = policy
         headers["RateLimit"] = f"{_name(item)};r={remaining};t={seconds}"
     return headers
+
+
+def rate_limited(
+    item: RateLimitItem, reset: float, headers: Mapping[str, str] | None = None
+) -> HTTPException:
+    """The 429 for ``item``, whose window frees a request at ``reset`` (Unix seconds).
+
+    Args:
+        item: the limit that was hit.
+        reset: when its window frees a request, in Unix seconds.
+        headers: more headers, after ``Retry-After``.
+    """
+    retry_after = max(1, math.ceil(reset - time.time()))
+    return HTTPException(
+        429,
+        detail={
+            "error": "rate_limited",
+            "message": f"Rate limit exceeded ({item}). Retry in {retry_after} s.",
+            "limit": str(item),
+            "retry_after": retry_after,
+        },
+        headers={"Retry-After": str(retry_after), **(headers or {})},
+    )

@@ -170,7 +170,7 @@ def _add_run_id_routes(router: APIRouter, core: RouterCore, options: RouterOptio
     stream_doc = stream_responses(named_events=options.named_events)
     Principal = Annotated[Any, Depends(_caller(options))]
 
-    async def run_events(
+    async def run_events(  # noqa: PLR0913 - a FastAPI endpoint: each parameter is a request field
         request: Request,
         run_id: RunIdPath,
         principal: Principal,

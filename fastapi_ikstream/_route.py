@@ -71,21 +71,12 @@ def body_limited_route(
             allowed.setdefault(self.path, set()).update(self.methods or ())
 
         async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-            response: JSONResponse | None = None
-            if self.methods and scope["method"] not in self.methods:
-                methods = ", ".join(sorted(allowed.get(self.path, self.methods)))
-                response = JSONResponse(
-                    {"detail": "Method Not Allowed"}, 405, headers={"Allow": methods}
-                )
-            elif scope["method"] in _WITH_BODY:
-                declared = _content_length(scope)
-                if declared is None:
+            methods = self.methods or set()
+            response = _refusal(scope, methods, allowed.get(self.path, methods), max_body_size)
+            if response is None:
+                if scope["method"] in _WITH_BODY and _content_length(scope) is None:
                     receive = _limited(receive, max_body_size)
-                elif not declared.isdigit():
-                    response = JSONResponse({"detail": "Invalid Content-Length."}, 400)
-                elif int(declared) > max_body_size:
-                    response = _too_large(max_body_size)
-            if response is not None:
+            else:
                 rejected(
                     response.status_code,
                     "too_large" if response.status_code == 413 else "bad_request",
@@ -116,6 +107,24 @@ def body_limited_route(
             return guarded
 
     return BodyLimitedRoute
+
+
+def _refusal(
+    scope: Scope, methods: set[str], allow: set[str], max_body_size: int
+) -> JSONResponse | None:
+    """The 405, 400 or 413 a request gets before its body is read, or None."""
+    if methods and scope["method"] not in methods:
+        return JSONResponse(
+            {"detail": "Method Not Allowed"}, 405, headers={"Allow": ", ".join(sorted(allow))}
+        )
+    declared = _content_length(scope) if scope["method"] in _WITH_BODY else None
+    if declared is None:
+        return None
+    if not declared.isdigit():
+        return JSONResponse({"detail": "Invalid Content-Length."}, 400)
+    if int(declared) > max_body_size:
+        return _too_large(max_body_size)
+    return None
 
 
 def _content_length(scope: Scope) -> str | None:

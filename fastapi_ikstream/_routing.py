@@ -60,7 +60,7 @@ class StreamRouter(APIRouter):
     admission: Admission
 
 
-def create_router(
+def create_router(  # noqa: PLR0913 - public API: keyword-only options
     deployment: Any,
     *,
     path: str = "",
@@ -223,13 +223,12 @@ class _Parts:
             drain_timeout=options.drain_timeout,
             observer=observer,
         )
+        quotas = options.quotas or Quotas()
         admission = Admission(
             rate_limit=options.rate_limiter(),
-            fail_open=options.rate_limit_fail_open,
-            quotas=options.quotas or Quotas(),
+            quotas=quotas,
             max_concurrent_runs=options.max_concurrent_runs,
-            scope=options.scope,
-            storage_uri=options.rate_limit_storage,
+            resume_limit=options.resume_limiter(quotas),
             trust_forwarded_for=options.trust_forwarded_for,
         )
         core = RouterCore(

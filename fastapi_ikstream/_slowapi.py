@@ -11,12 +11,9 @@ router's 429 JSON. The counting itself is done by `limits`, the library under sl
 from __future__ import annotations
 
 import asyncio
-import math
-import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import HTTPException
 from starlette.requests import Request
 
 from ._exceptions import MissingExtraError
@@ -29,6 +26,8 @@ try:
     from slowapi.wrappers import Limit
 except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise MissingExtraError("ratelimit", "fastapi_ikstream's slowapi support") from _exc
+
+from ._ratelimit_headers import rate_limit_headers, rate_limited
 
 __all__ = ["SlowAPILimit", "limiter_key_func"]
 
@@ -93,27 +92,13 @@ class SlowAPILimit:
             if not allowed:
                 raise self._refused(request, item, key)
         reset, remaining = backend.get_window_stats(self.items[0], key, self.scope)
-        return {
-            "X-RateLimit-Limit": str(self.items[0].amount),
-            "X-RateLimit-Remaining": str(max(0, remaining)),
-            "X-RateLimit-Reset": str(math.ceil(reset)),
-        }
+        return rate_limit_headers(self.items[0], max(0, remaining), reset, None)
 
     def _refused(self, request: Request, item: RateLimitItem, key: str) -> Exception:
         reset, _ = self.limiter.limiter.get_window_stats(item, key, self.scope)
-        retry_after = max(1, math.ceil(reset - time.time()))
         if RateLimitExceeded in request.app.exception_handlers:
             limit = Limit(item, self.key_func, self.scope, False, None, None, None, 1, False)
             # slowapi's handler reads the limit that was hit from the request state
             request.state.view_rate_limit = (item, [key, self.scope])
             return RateLimitExceeded(limit)
-        return HTTPException(
-            429,
-            detail={
-                "error": "rate_limited",
-                "message": f"Rate limit exceeded ({item}). Retry in {retry_after} s.",
-                "limit": str(item),
-                "retry_after": retry_after,
-            },
-            headers={"Retry-After": str(retry_after)},
-        )
+        return rate_limited(item, reset)

@@ -250,7 +250,7 @@ class IkomiaDeployment:
         ValueError: no ``client``, no ``token`` and no ``IKOMIA_TOKEN`` in the environment.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - public constructor: keyword-only options
         self,
         url: str,
         *,

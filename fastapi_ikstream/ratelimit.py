@@ -29,12 +29,7 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
-import time
-import uuid
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -57,7 +52,9 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise MissingExtraError("ratelimit", "fastapi_ikstream.ratelimit") from _exc
 
-from ._ratelimit_headers import policy_header, rate_limit_headers
+from ._concurrency import ConcurrencyLimit, Release
+from ._limit_storage import REDIS_SCHEMES, redis_asyncio, storage_unavailable, unique_scope
+from ._ratelimit_headers import policy_header, rate_limit_headers, rate_limited
 
 if TYPE_CHECKING:
     from .security import Principal
@@ -66,9 +63,6 @@ __all__ = ["ConcurrencyLimit", "RateLimit", "Release", "SlowAPILimit", "client_a
 
 logger = logging.getLogger("fastapi_ikstream")
 
-Release = Callable[[], Awaitable[None]]
-"""Frees a slot taken by `ConcurrencyLimit.acquire`; calling it again does nothing."""
-
 Strategy = Literal["moving-window", "fixed-window", "sliding-window-counter"]
 
 _STRATEGIES: dict[str, type[RateLimiter]] = {
@@ -76,20 +70,6 @@ _STRATEGIES: dict[str, type[RateLimiter]] = {
     "fixed-window": FixedWindowRateLimiter,
     "sliding-window-counter": SlidingWindowCounterRateLimiter,
 }
-_REDIS_SCHEMES = frozenset({"redis", "rediss"})
-
-
-def _unique_scope(scope: str | None, storage_uri: str) -> str:
-    if scope is not None:
-        if not scope:
-            raise ValueError("scope must not be empty")
-        return scope
-    if urlsplit(storage_uri).scheme.removeprefix("async+") != "memory":
-        raise ValueError(
-            "a shared storage needs an explicit scope, the same in every worker "
-            "(e.g. scope='image-api'); otherwise each worker would count on its own"
-        )
-    return uuid.uuid4().hex
 
 
 class RateLimit:
@@ -122,7 +102,7 @@ class RateLimit:
         MissingExtraError: a ``redis://`` storage without redis-py installed.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - public constructor: keyword-only options
         self,
         limits: str,
         *,
@@ -141,7 +121,7 @@ class RateLimit:
             raise ValueError(f"unknown strategy {strategy!r}, use one of {sorted(_STRATEGIES)}")
         # Shortest window first: a refusal by a long window then costs nothing of it.
         self.items: list[RateLimitItem] = sorted(items, key=lambda item: item.get_expiry())
-        self.scope = _unique_scope(scope, storage_uri)
+        self.scope = unique_scope(scope, storage_uri)
         self.trust_forwarded_for = trust_forwarded_for
         self.fail_open = fail_open
         self._policy = policy_header(self.items) if ietf_headers else None
@@ -186,26 +166,13 @@ class RateLimit:
                 logger.warning("rate-limit storage failed, request let through: %r", exc)
                 return {}
             logger.warning("rate-limit storage failed: %r", exc.storage_error)
-            raise _unavailable("rate-limit") from None
+            raise storage_unavailable("rate-limit") from None
         (reset, remaining), item = min(stats, key=lambda entry: entry[0].remaining)
         return rate_limit_headers(item, max(0, remaining), reset, self._policy)
 
     async def _exceeded(self, item: RateLimitItem, key: str) -> HTTPException:
         reset = (await self._limiter.get_window_stats(item, self.scope, key)).reset_time
-        retry_after = max(1, math.ceil(reset - time.time()))
-        return HTTPException(
-            429,
-            detail={
-                "error": "rate_limited",
-                "message": f"Rate limit exceeded ({item}). Retry in {retry_after} s.",
-                "limit": str(item),
-                "retry_after": retry_after,
-            },
-            headers={
-                "Retry-After": str(retry_after),
-                **rate_limit_headers(item, 0, reset, self._policy),
-            },
-        )
+        return rate_limited(item, reset, rate_limit_headers(item, 0, reset, self._policy))
 
     async def aclose(self) -> None:
         """Close the storage's connections (Redis); the limit is unusable afterwards."""
@@ -213,31 +180,12 @@ class RateLimit:
             await self._pool.disconnect()
 
 
-def _unavailable(what: str) -> HTTPException:
-    return HTTPException(
-        503,
-        detail={
-            "error": "limit_storage_unavailable",
-            "message": f"The {what} storage is unavailable; try again later.",
-        },
-        headers={"Retry-After": "5"},
-    )
-
-
-def _redis_module(what: str) -> Any:
-    try:
-        import redis.asyncio
-    except ImportError as exc:
-        raise MissingExtraError("redis", what) from exc
-    return redis.asyncio
-
-
 def _limits_storage(uri: str) -> tuple[Storage, Any]:
     scheme = urlsplit(uri).scheme.removeprefix("async+")
     options: dict[str, Any] = {"wrap_exceptions": True}
     pool = None
-    if scheme in _REDIS_SCHEMES:
-        aioredis = _redis_module("a redis:// rate-limit storage")
+    if scheme in REDIS_SCHEMES:
+        aioredis = redis_asyncio("a redis:// rate-limit storage")
         pool = aioredis.ConnectionPool.from_url(uri.removeprefix("async+"))
         options |= {"implementation": "redispy", "connection_pool": pool}
     try:
@@ -247,152 +195,6 @@ def _limits_storage(uri: str) -> tuple[Storage, Any]:
     if not isinstance(storage, Storage):  # pragma: no cover - async+ always gives one
         raise ValueError(f"{uri!r} is not an asyncio storage")
     return storage, pool
-
-
-async def _uncounted() -> None:
-    """The release of a run let through uncounted while the storage was down."""
-
-
-_ACQUIRE = """
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[3])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
-return 1
-"""
-
-
-class ConcurrencyLimit:
-    """At most ``max_concurrent_runs`` runs at once per key (a principal's subject, say).
-
-    A slot is held from `acquire` until its release function is called, or, as a safety
-    net for a crashed worker, until ``lease_seconds`` have passed.
-
-    Args:
-        max_concurrent_runs: slots per key, at least 1.
-        storage_uri: ``"memory://"`` (default, one process) or ``"redis://host:port/db"``
-            (several workers; needs the ``redis`` extra).
-        scope: namespace of the slots in the storage. Default: unique to this instance,
-            which is only allowed with ``memory://``.
-        lease_seconds: a slot not released after this many seconds is freed. Keep it
-            longer than the longest run. Default 3600.0.
-        fail_open: when the storage cannot be reached, let the run start uncounted (and
-            log a warning) instead of answering 503. Default False.
-
-    Raises:
-        ValueError: ``max_concurrent_runs`` below 1, a non-positive lease, an unknown
-            storage, or a shared storage without ``scope``.
-        MissingExtraError: a ``redis://`` storage without redis-py installed.
-    """
-
-    def __init__(
-        self,
-        max_concurrent_runs: int,
-        *,
-        storage_uri: str = "memory://",
-        scope: str | None = None,
-        lease_seconds: float = 3600.0,
-        fail_open: bool = False,
-    ) -> None:
-        if max_concurrent_runs < 1:
-            raise ValueError("max_concurrent_runs must be at least 1")
-        if lease_seconds <= 0:
-            raise ValueError("lease_seconds must be positive")
-        storage_uri = storage_uri.removeprefix("async+")
-        scheme = urlsplit(storage_uri).scheme
-        if scheme != "memory" and scheme not in _REDIS_SCHEMES:
-            raise ValueError(f"unknown storage {storage_uri!r}: use memory:// or redis://")
-        self.max_concurrent_runs = max_concurrent_runs
-        self.scope = _unique_scope(scope, storage_uri)
-        self.lease_seconds = lease_seconds
-        self.fail_open = fail_open
-        self._slots: dict[str, dict[str, float]] = {}
-        self._redis: Any = None
-        if scheme in _REDIS_SCHEMES:
-            aioredis = _redis_module("a redis:// concurrency storage")
-            self._redis = aioredis.Redis.from_url(storage_uri)
-            self._script = self._redis.register_script(_ACQUIRE)
-
-    async def acquire(self, key: str) -> Release:
-        """Take a slot for ``key``.
-
-        Args:
-            key: whose slots to count, e.g. ``principal.subject``.
-
-        Returns:
-            an async function that frees the slot; it is safe to call more than once and
-            completes even if the calling task is cancelled.
-
-        Raises:
-            HTTPException: 429 when ``key`` already holds ``max_concurrent_runs`` slots;
-                503 when the storage fails (unless ``fail_open``).
-        """
-        token = uuid.uuid4().hex
-        name = f"ikstream:runs:{self.scope}:{key}"
-        if self._redis is None:
-            taken = self._take_in_memory(name, token)
-        else:
-            try:
-                lease_ms = math.ceil(self.lease_seconds * 1000)
-                taken = bool(
-                    await self._script(
-                        keys=[name], args=[self.max_concurrent_runs, lease_ms, token]
-                    )
-                )
-            except Exception as exc:
-                logger.warning("concurrency storage failed: %r", exc)
-                if self.fail_open:
-                    return _uncounted
-                raise _unavailable("concurrency-limit") from None
-        if not taken:
-            n = self.max_concurrent_runs
-            raise HTTPException(
-                429,
-                detail={
-                    "error": "too_many_runs",
-                    "message": f"At most {n} run{'s' if n > 1 else ''} at once: "
-                    "wait for one to finish.",
-                    "max_concurrent_runs": n,
-                },
-            )
-        done = False
-
-        async def release() -> None:
-            nonlocal done
-            if done:
-                return
-            done = True
-            if self._redis is None:
-                slots = self._slots.get(name)
-                if slots is not None:
-                    slots.pop(token, None)
-                    if not slots:
-                        del self._slots[name]
-                return
-            try:
-                await asyncio.shield(self._redis.zrem(name, token))
-            except Exception as exc:  # the lease frees the slot later
-                logger.warning("cannot release a run slot: %r", exc)
-
-        return release
-
-    def _take_in_memory(self, name: str, token: str) -> bool:
-        now = time.monotonic()
-        slots = self._slots.setdefault(name, {})
-        for held, expires in list(slots.items()):
-            if expires <= now:
-                del slots[held]
-        if len(slots) >= self.max_concurrent_runs:
-            return False
-        slots[token] = now + self.lease_seconds
-        return True
-
-    async def aclose(self) -> None:
-        """Close the Redis connections; the limit is unusable afterwards."""
-        if self._redis is not None:
-            await self._redis.aclose()
 
 
 def __getattr__(name: str) -> Any:

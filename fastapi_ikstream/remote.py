@@ -43,7 +43,6 @@ import functools
 import logging
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -52,8 +51,6 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from ._exceptions import (
-    DeploymentError,
-    MissingExtraError,
     UpstreamError,
     UpstreamIncompleteError,
     UpstreamTimeoutError,
@@ -72,11 +69,7 @@ from ._remote_formats import (
     inference_sh_event,
 )
 from ._run import RunSource
-
-try:
-    import httpx_sse
-except ImportError as exc:  # pragma: no cover - exercised in a subprocess
-    raise MissingExtraError("remote", "fastapi_ikstream.remote") from exc
+from ._upstream import Dropped, UpstreamCursor, upstream_events
 
 __all__ = [
     "FAL",
@@ -105,24 +98,6 @@ def _tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-class _Dropped(Exception):
-    """The upstream connection ended early; resume it if possible."""
-
-
-@dataclass
-class _Cursor:
-    """Where one run stands in its upstream stream."""
-
-    run_id: str | None = None
-    last_id: str | None = None
-    seen: set[str] = field(default_factory=set)
-    replaying: bool = False
-    last_event: UpstreamEvent | None = None
-    received: int = 0
-    connected: bool = False
-    ended: bool = False
-
-
 def default_body(inputs: Any, parameters: Mapping[str, Any]) -> Any:
     """The request body for a fastapi-ikstream upstream: what the downstream request had.
 
@@ -144,21 +119,6 @@ def default_body(inputs: Any, parameters: Mapping[str, Any]) -> Any:
     if task_name is not None:
         body["task_name"] = task_name
     return body
-
-
-def _failure(status: str, error: Any) -> DeploymentError:
-    if status == "cancelled":
-        message = error.get("message") if isinstance(error, Mapping) else error
-        return DeploymentError(
-            str(message or "The upstream cancelled the run."), code="upstream_cancelled"
-        )
-    if isinstance(error, Mapping):
-        return DeploymentError(
-            str(error.get("message") or "The upstream run failed."),
-            code=str(error.get("code") or "upstream_failed"),
-            retryable=bool(error.get("retryable", False)),
-        )
-    return DeploymentError(str(error or "The upstream run failed."), code="upstream_failed")
 
 
 class RemoteDeployment:
@@ -197,7 +157,7 @@ class RemoteDeployment:
         name: a name for logs and documentation. Default ``"remote"``.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - public constructor: keyword-only options
         self,
         url: str,
         *,
@@ -242,7 +202,7 @@ class RemoteDeployment:
         return self._stream(payload)
 
     async def _stream(self, payload: Any) -> AsyncIterator[dict[str, Any]]:
-        cursor = _Cursor()
+        cursor = UpstreamCursor()
         client = self.client or httpx.AsyncClient(verify=_tls_context())
         try:
             async with contextlib.aclosing(self._follow(client, payload, cursor)) as updates:
@@ -256,7 +216,7 @@ class RemoteDeployment:
             if self.client is None:
                 await client.aclose()
 
-    def _request_headers(self, cursor: _Cursor, resuming: bool) -> dict[str, str]:
+    def _request_headers(self, cursor: UpstreamCursor, resuming: bool) -> dict[str, str]:
         headers = {"Accept": self.mapping.accept, "Cache-Control": "no-store", **self.headers}
         if resuming:
             last = cursor.last_id
@@ -266,13 +226,13 @@ class RemoteDeployment:
                 headers["Last-Event-ID"] = last
         return headers
 
-    def _resumable(self, cursor: _Cursor) -> bool:
+    def _resumable(self, cursor: UpstreamCursor) -> bool:
         return cursor.last_id is not None or (
             cursor.run_id is not None and self.mapping.resume_id is not None
         )
 
     async def _follow(
-        self, client: httpx.AsyncClient, payload: Any, cursor: _Cursor
+        self, client: httpx.AsyncClient, payload: Any, cursor: UpstreamCursor
     ) -> AsyncGenerator[dict[str, Any], None]:
         failures = 0
         while True:
@@ -289,7 +249,7 @@ class RemoteDeployment:
                 if cursor.ended:
                     return
                 reason = "the upstream closed the stream before the run ended"
-            except _Dropped as exc:
+            except Dropped as exc:
                 reason = str(exc)
             except httpx.TimeoutException:
                 raise UpstreamTimeoutError(self.timeout) from None
@@ -306,7 +266,7 @@ class RemoteDeployment:
                 raise UpstreamIncompleteError()
 
     async def _connection(
-        self, client: httpx.AsyncClient, payload: Any, cursor: _Cursor, resuming: bool
+        self, client: httpx.AsyncClient, payload: Any, cursor: UpstreamCursor, resuming: bool
     ) -> AsyncGenerator[dict[str, Any], None]:
         """One upstream connection: check the answer, then map its events."""
         async with client.stream(
@@ -317,22 +277,16 @@ class RemoteDeployment:
             timeout=httpx.Timeout(self.timeout),
         ) as response:
             await self._check(client, response, cursor, resuming)
-            async for event in self._events(response):
-                if event.id is not None:
-                    if cursor.replaying and event.id in cursor.seen:
-                        continue
-                    cursor.replaying = False
-                    cursor.seen.add(event.id)
-                    cursor.last_id = event.id
-                cursor.received += 1
-                cursor.last_event = event
-                update = self._accept(self.mapping.map_event(event), cursor)
+            async for event in upstream_events(response):
+                if not cursor.receive(event):
+                    continue  # sent again on resuming: seen already
+                update = cursor.accept(self.mapping.map_event(event))
                 if update:
                     yield update
                 if cursor.ended:
                     return
             if self.mapping.on_close is not None:
-                update = self._accept(self.mapping.on_close(cursor.last_event), cursor)
+                update = cursor.accept(self.mapping.on_close(cursor.last_event))
                 if update:
                     yield update
 
@@ -340,7 +294,7 @@ class RemoteDeployment:
         self,
         client: httpx.AsyncClient,
         response: httpx.Response,
-        cursor: _Cursor,
+        cursor: UpstreamCursor,
         resuming: bool,
     ) -> None:
         status = response.status_code
@@ -351,7 +305,7 @@ class RemoteDeployment:
             if not resuming:
                 raise UpstreamError(f"The upstream answered HTTP {status}.", status_code=status)
             if status >= 500 or status == 429:
-                raise _Dropped(f"HTTP {status}")
+                raise Dropped(f"HTTP {status}")
             raise UpstreamIncompleteError(f"The upstream could not resume the run (HTTP {status}).")
         run_id = response.headers.get(self.run_id_header)
         if run_id is None:
@@ -359,40 +313,10 @@ class RemoteDeployment:
         if cursor.run_id is None:
             cursor.run_id = run_id
         elif run_id != cursor.run_id:  # it started a new run instead: stop that one
-            await self._cancel_upstream(client, _Cursor(run_id=run_id))
+            await self._cancel_upstream(client, UpstreamCursor(run_id=run_id))
             raise UpstreamIncompleteError("The upstream started a new run instead of resuming.")
 
-    async def _events(self, response: httpx.Response) -> AsyncIterator[UpstreamEvent]:
-        content_type = response.headers.get("content-type", "").partition(";")[0].strip()
-        if content_type == "text/event-stream":
-            async for sse in httpx_sse.EventSource(response).aiter_sse():
-                if sse.data:
-                    yield UpstreamEvent(sse.data, sse.event or "message", sse.id or None)
-        else:
-            async for line in response.aiter_lines():
-                if line.strip():
-                    yield UpstreamEvent(line)
-
-    def _accept(self, mapped: Mapping[str, Any] | None, cursor: _Cursor) -> dict[str, Any]:
-        """A mapped update, with ``run_id`` and ``error`` taken out; raises on a failure."""
-        if mapped is None:
-            return {}
-        update = dict(mapped)
-        run_id = update.pop("run_id", None)
-        if run_id is not None and cursor.run_id is None:
-            cursor.run_id = str(run_id)
-        error = update.pop("error", None)
-        status = update.get("status")
-        if status in ("failed", "cancelled"):
-            cursor.ended = True
-            raise _failure(str(status), error)
-        if status == "completed" and update.get("results") is None:
-            update["results"] = []
-        if update.get("results") is not None:
-            cursor.ended = True
-        return update
-
-    async def _cancel_upstream(self, client: httpx.AsyncClient, cursor: _Cursor) -> None:
+    async def _cancel_upstream(self, client: httpx.AsyncClient, cursor: UpstreamCursor) -> None:
         if cursor.run_id is None or not self.cancel_url:
             return
         url = self.cancel_url.format(run_id=quote(cursor.run_id, safe=""))

@@ -144,7 +144,7 @@ class UsageMeter:
         clock: gives the current time, timezone-aware. Default ``datetime.now(UTC)``.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - public constructor: keyword-only fields
         self,
         run_id: str,
         *,

@@ -60,7 +60,7 @@ class AsyncRunStream(StreamCore):
         reconnects: how many times the stream was resumed.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - public constructor: keyword-only options
         self,
         response: httpx.Response,
         *,
@@ -165,7 +165,7 @@ class AsyncRunStream(StreamCore):
 
 
 @contextlib.asynccontextmanager
-async def aconnect_states(
+async def aconnect_states(  # noqa: PLR0913 - public API: keyword-only options
     client: httpx.AsyncClient,
     method: str,
     url: str | httpx.URL,
@@ -248,7 +248,7 @@ async def _process_async(
         return await stream.aread_results(on_progress)
 
 
-async def process_streaming_response(
+async def process_streaming_response(  # noqa: PLR0913 - public API: keyword-only options
     source: contextlib.AbstractAsyncContextManager[httpx.Response] | httpx.Response,
     on_progress: OnProgress | None = None,
     *,
@@ -298,7 +298,7 @@ async def process_streaming_response(
     )
 
 
-async def process_json_stream(
+async def process_json_stream(  # noqa: PLR0913 - public API: keyword-only options
     source: contextlib.AbstractAsyncContextManager[httpx.Response]
     | httpx.Response
     | AsyncIterable[Any]

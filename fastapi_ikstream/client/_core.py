@@ -113,7 +113,7 @@ def prepare_headers(kwargs: dict[str, Any], jsonl: bool) -> httpx.Headers:
 class StreamCore:
     """The shared part of `AsyncRunStream` and `RunStream` (see the module docstring)."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the public stream constructors' shared base: their options
         self,
         response: httpx.Response,
         *,

@@ -47,7 +47,7 @@ class RunStream(StreamCore):
         reconnects: how many times the stream was resumed.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - public constructor: keyword-only options
         self,
         response: httpx.Response,
         *,
@@ -142,7 +142,7 @@ class RunStream(StreamCore):
 
 
 @contextlib.contextmanager
-def connect_states(
+def connect_states(  # noqa: PLR0913 - public API: keyword-only options
     client: httpx.Client,
     method: str,
     url: str | httpx.URL,
@@ -224,7 +224,7 @@ def _process_sync(
         return stream.read_results(on_progress)
 
 
-def process_streaming_response_sync(
+def process_streaming_response_sync(  # noqa: PLR0913 - public API: keyword-only options
     source: contextlib.AbstractContextManager[httpx.Response] | httpx.Response,
     on_progress: OnProgress | None = None,
     *,
@@ -263,7 +263,7 @@ def process_streaming_response_sync(
     )
 
 
-def process_json_stream_sync(
+def process_json_stream_sync(  # noqa: PLR0913 - public API: keyword-only options
     source: contextlib.AbstractContextManager[httpx.Response] | httpx.Response | Iterable[Any],
     on_progress: OnProgress | None = None,
     *,

@@ -70,7 +70,7 @@ class RedisRunStore(StoreLifecycle, RunStore):
         MissingExtraError: on import, when ``redis`` is not installed.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - public constructor: keyword-only options
         self,
         url: str = "redis://127.0.0.1:6379/0",
         *,

@@ -198,33 +198,47 @@ class RedisRunSubscription(Subscription):
                     if batch[-1].type == EventType.DONE.value:
                         self._end()
                     return batch
-                wait = context.idle_check
-                if deadline is not None:
-                    wait = min(wait, deadline - loop.time())
-                if wait > 0 and await self._wait(wait):
-                    continue
-                if self._closed or not context.started():
+                more = await self._idle(deadline)
+                if more is None:
                     break
-                found = await self._check()
-                if found is None:
-                    break
-                if found:
+                if more:
                     continue
             except (RedisError, OSError) as exc:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    # redis-py may turn a cancellation into a connection error: the stream
-                    # was stopped (a shutdown, a disconnect), so stop, do not retry
-                    raise asyncio.CancelledError from exc
-                if is_permanent(exc):
-                    self._end()
-                    raise refused(exc, f"reading run {self.run_id}") from None
-                logger.info("run %s: reading it from Redis failed: %s", self.run_id, exc)
-                context.health.failed()  # the loop rides the outage out, or ends the stream
+                self._read_failed(exc)  # the loop rides the outage out, or ends the stream
             if deadline is not None and loop.time() >= deadline:
                 return []
         self._end()
         return None
+
+    async def _idle(self, deadline: float | None) -> bool | None:
+        """Nothing new: wait for a wake-up, then check the run.
+
+        Returns:
+            True when there may be more to read now; False when nothing came; None when the
+            stream is over (closed, the store stopped, or the run is gone).
+        """
+        context = self._context
+        wait = context.idle_check
+        if deadline is not None:
+            wait = min(wait, deadline - asyncio.get_running_loop().time())
+        if wait > 0 and await self._wait(wait):
+            return True
+        if self._closed or not context.started():
+            return None
+        return await self._check()
+
+    def _read_failed(self, exc: RedisError | OSError) -> None:
+        """A read failed: stop on a cancellation, end on a permanent error, else count it."""
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # redis-py may turn a cancellation into a connection error: the stream was
+            # stopped (a shutdown, a disconnect), so stop, do not retry
+            raise asyncio.CancelledError from exc
+        if is_permanent(exc):
+            self._end()
+            raise refused(exc, f"reading run {self.run_id}") from None
+        logger.info("run %s: reading it from Redis failed: %s", self.run_id, exc)
+        self._context.health.failed()
 
     async def _ride_out(self, deadline: float | None) -> bool:
         """Wait while Redis fails; end the stream after `UNAVAILABLE_AFTER` seconds of it.

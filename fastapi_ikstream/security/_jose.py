@@ -41,7 +41,7 @@ def unverified_header(token: str) -> dict[str, Any]:
     return header
 
 
-def decode(
+def decode(  # noqa: PLR0913 - the verification settings of JWTBearer, passed through
     token: str,
     keys: Iterable[Any],
     alg: str,

@@ -95,7 +95,7 @@ class JWTBearer(SecurityBase):
         ```
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - public constructor: keyword-only options
         self,
         *,
         algorithms: Sequence[str],
