@@ -102,7 +102,7 @@ class MemoryRunSubscription(Subscription):
                 self._ended = True
         return batch
 
-    async def next_batch(self, timeout: float | None) -> list[StoredEvent] | None:
+    async def next_batch(self, timeout: float | None) -> list[StoredEvent] | None:  # noqa: C901 - one read loop, its cases commented
         """See `Subscription.next_batch`."""
         if self._ended:
             return None
