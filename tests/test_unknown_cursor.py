@@ -88,8 +88,8 @@ class Recorder:
         await self.app(scope, receive, recording_send)
 
     def streams(self) -> list[dict[str, Any]]:
-        """The requests for anything but the test page."""
-        return [entry for entry in self.requests if entry["path"] != "/page"]
+        """The requests to the router (not the test page, nor a browser's favicon)."""
+        return [entry for entry in self.requests if entry["path"].startswith("/api/")]
 
 
 class RestartingProxy:
@@ -182,7 +182,17 @@ class RestartingProxy:
                         self.cuts += 1
                         self.upstream_port = self.second_port  # "the server restarted"
                         await asyncio.sleep(0.05)
+                        self._drop_every_connection()
                         return
+
+    def _drop_every_connection(self) -> None:
+        """Close every open connection, as a restarting server does.
+
+        A client that kept an idle keep-alive connection to A (a browser keeps the one that
+        loaded the page) must not send its reconnect over it: A is gone.
+        """
+        for writer in list(self._writers):
+            writer.close()
 
 
 class Restart:
