@@ -28,7 +28,7 @@ import logging
 from collections.abc import Callable
 from typing import Literal
 
-from ._exceptions import StoreError
+from ._exceptions import StoreError, StoreUnavailableError
 from ._models import RunState
 from ._observe import RunObserver
 from ._response import StreamHandle
@@ -39,6 +39,8 @@ from ._store import RunStore
 __all__ = ["DisconnectPolicy", "RunManager"]
 
 logger = logging.getLogger("fastapi_ikstream")
+
+_CANCEL_RETRY_CAP = 5.0  # seconds between two tries of a cancel the store could not take
 
 DisconnectPolicy = Literal["cancel", "continue"]
 
@@ -203,10 +205,11 @@ class RunManager:
         old = self._grace_tasks.pop(run_id, None)
         if old is not None:
             old.cancel()
-        if self.reconnect_grace <= 0:
-            await self._cancel_if_unwatched(run_id)
+        if self.reconnect_grace <= 0 and await self._cancel_if_unwatched(run_id):
             return
-        self._grace_tasks[run_id] = asyncio.get_running_loop().create_task(self._grace(run_id))
+        grace = max(self.reconnect_grace, 0.0)
+        task = asyncio.get_running_loop().create_task(self._grace(run_id, grace))
+        self._grace_tasks[run_id] = task
 
     async def _is_attached(self, run_id: str) -> bool:
         if run_id in self.runs:
@@ -214,12 +217,24 @@ class RunManager:
         info = await self.store.get_info(run_id)  # a run another worker owns
         return info is not None and info.attached and not info.finished
 
-    async def _grace(self, run_id: str) -> None:
-        await asyncio.sleep(self.reconnect_grace)
-        self._grace_tasks.pop(run_id, None)
-        await self._cancel_if_unwatched(run_id)
+    async def _grace(self, run_id: str, delay: float) -> None:
+        """Cancel the run after ``delay`` seconds unless a reader came back.
 
-    async def _cancel_if_unwatched(self, run_id: str) -> None:
+        While the store is unavailable the cancel is tried again, 0.25 s after the failure
+        and doubling up to `_CANCEL_RETRY_CAP` s, until it goes through, a reader comes
+        back, or the run ends: a store outage as the grace ends must not leave the run
+        running, unwatched, and holding its caller's slot.
+        """
+        await asyncio.sleep(delay)
+        pause = 0.25
+        while not await self._cancel_if_unwatched(run_id):
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _CANCEL_RETRY_CAP)
+        if self._grace_tasks.get(run_id) is asyncio.current_task():
+            del self._grace_tasks[run_id]
+
+    async def _cancel_if_unwatched(self, run_id: str) -> bool:
+        """Cancel the run if nobody reads it. Returns False if the store was unavailable."""
         try:
             if await self.store.add_watcher(run_id, 0) == 0:
                 await self.store.request_cancel(run_id, "the client went away")
@@ -227,6 +242,8 @@ class RunManager:
             logger.warning("run %s: the store could not cancel an unwatched run: %s", run_id, exc)
             if self.observer is not None:
                 self.observer.store_failed()
+            return not isinstance(exc, StoreUnavailableError)
+        return True
 
     async def cancel(self, run_id: str, reason: str) -> bool:
         """Ask for the run to be cancelled (on whichever worker runs it).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from typing import TYPE_CHECKING, Any, cast
 
 from redis.asyncio import ConnectionPool, Redis
@@ -128,6 +129,8 @@ class SharedReader:
         if not self.pos or not self.running:
             return None
         conn = await self._connect()
+        if not self.pos:  # the last reader left while the connection was made
+            return None
         self.snap_gen = self.gen
         runs = list(self.pos.items())
         keys = [self.stream_prefix + run_id for run_id, _ in runs]
@@ -138,16 +141,24 @@ class SharedReader:
             await conn.send_command(
                 "XREAD", "COUNT", _RANGE_COUNT, "BLOCK", block_ms, "STREAMS", *keys, *ids
             )
-            reply = await conn.read_response(timeout=_BLOCK_SECONDS + 5.0)
+            # Our own deadline, not ``read_response(timeout=...)``: on that timeout redis-py
+            # returns None and keeps the connection with the reply still to come, so the
+            # next command would read this one's reply. Cancelled by ``asyncio.timeout``,
+            # redis-py disconnects instead, and the retry reconnects.
+            async with asyncio.timeout(_BLOCK_SECONDS + 5.0):
+                reply = await conn.read_response(timeout=math.inf)
         finally:
             self.in_flight = False
         self.health.ok()
         return reply
 
     async def _failed(self, exc: Exception) -> None:
-        logger.warning("run store: the shared Redis reader failed (%s); reconnecting", exc)
         permanent = is_permanent(exc)
-        if not permanent:
+        exc_text = str(exc) or type(exc).__name__  # a deadline's TimeoutError has no text
+        if permanent:  # Redis refused the command itself: a bug here, or a foreign key
+            logger.error("run store: Redis refused the shared read (%s); reconnecting", exc_text)
+        else:
+            logger.warning("run store: the shared Redis reader failed (%s); reconnecting", exc_text)
             self.health.failed()
         self._fail_readers(drop=permanent)
         await self._disconnect()

@@ -9,6 +9,9 @@ without a restart."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from attack_kit import collect_tracebacks, kill_redis, slow_job, start_redis_on
 from conftest import free_port, serve
 from fastapi import FastAPI
@@ -222,3 +226,65 @@ async def test_huge_cursors_over_http_with_redis(redis_server: RedisServer) -> N
                     f"/job/runs/{run_id}/events", params={"after_seq": 2**64 - 1}
                 )
                 assert too_far.status_code == 422
+
+
+# --- a store outage as the reconnect grace ends --------------------------------------------
+
+
+class Seen(logging.Handler):
+    """Sets ``event`` when a record whose message contains ``text`` is logged."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+async def test_an_unwatched_run_is_cancelled_once_redis_answers_again(
+    redis_server: RedisServer,
+) -> None:
+    """Redis stops answering (SIGSTOP: its data stays) while a dropped run's grace runs out.
+
+    The cancel fails then; the run must not go on unwatched: once Redis answers again
+    (SIGCONT), the cancel is tried again and the run ends ``cancelled``.
+    """
+    store = RedisRunStore(redis_server.url, prefix=f"g{uuid.uuid4().hex[:8]}:", socket_timeout=0.5)
+    app = FastAPI()
+    app.include_router(
+        create_router(slow_job, path="/job", store=store, reconnect_grace=1.0, retry=500)
+    )
+    admin = aioredis.from_url(redis_server.url, decode_responses=True)
+    seen = Seen("the store could not cancel an unwatched run")
+    logging.getLogger("fastapi_ikstream").addHandler(seen)
+    try:
+        with serve(app) as server:
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+                job = {"parameters": {"steps": 2000}}  # 100 s: it ends only if cancelled
+                async with http.stream("POST", "/job/stream", json=job) as response:
+                    async for line in response.aiter_lines():
+                        if line.startswith("id: "):
+                            run_id = line[4:].rsplit(":", 1)[0]
+                            break  # the client drops after the first event
+                meta = f"{store.prefix}meta:{run_id}"
+                async with asyncio.timeout(10):
+                    while await admin.hget(meta, "watchers") != "0":  # noqa: ASYNC110
+                        await asyncio.sleep(0.02)
+                redis_server.process.send_signal(signal.SIGSTOP)
+                try:
+                    assert await asyncio.to_thread(seen.event.wait, 15)  # the grace ended
+                finally:
+                    redis_server.process.send_signal(signal.SIGCONT)
+                async with asyncio.timeout(15):
+                    while True:
+                        state = await http.get(f"/job/runs/{run_id}")
+                        if state.status_code == 200 and state.json()["finished"]:
+                            break
+                        await asyncio.sleep(0.1)
+                assert state.json()["status"] == "cancelled"
+    finally:
+        logging.getLogger("fastapi_ikstream").removeHandler(seen)
+        await admin.aclose()
