@@ -189,7 +189,9 @@ class RunManager:
     async def reader_left(self, run_id: str) -> None:
         """Count a reader out; an attached, unwatched run is cancelled after the grace.
 
-        A store that fails here is logged, not raised: this runs as a stream closes.
+        A store that fails here is logged, not raised: this runs as a stream closes. If it
+        is unavailable, an attached run of this worker still gets its grace: the cancel
+        then counts again (``add_watcher(run_id, 0)``) before it cancels.
         """
         try:
             remaining = await self.store.add_watcher(run_id, -1)
@@ -198,7 +200,7 @@ class RunManager:
             logger.warning("run %s: the store could not count a reader out: %s", run_id, exc)
             if self.observer is not None:
                 self.observer.store_failed()
-            return
+            attached = isinstance(exc, StoreUnavailableError) and run_id in self.attached
         # At shutdown the server closed the stream, not the client: the run drains instead.
         if not attached or self.on_disconnect != "cancel" or not self.accepting:
             return

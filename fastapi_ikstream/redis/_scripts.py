@@ -192,14 +192,17 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 """
 
-# KEYS: meta. ARGV: delta.
-# KEYS: meta. ARGV: delta, this worker's field (``w:{worker id}``), worker key prefix.
-# Counts per worker, and sums only the workers alive (their heartbeat key exists), so the
-# readers of a worker that died stop counting once its heartbeat lapses.
+# KEYS: meta. ARGV: this worker's readers of the run, its field (``w:{worker id}``), worker
+# key prefix. Each worker sets its own count (a value, not an increment: sending it again
+# after a lost reply changes nothing), and the sum is over the workers alive (their
+# heartbeat key exists), so the readers of a worker that died stop counting once its
+# heartbeat lapses.
 _WATCH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HINCRBY', KEYS[1], ARGV[2], ARGV[1]) <= 0 then
+if tonumber(ARGV[1]) <= 0 then
   redis.call('HDEL', KEYS[1], ARGV[2])
+else
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[1])
 end
 local total = 0
 local fields = redis.call('HGETALL', KEYS[1])

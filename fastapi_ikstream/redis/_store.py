@@ -96,6 +96,7 @@ class RedisRunStore(StoreLifecycle, RunStore):
         self.redis_options = redis_options
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.cancel_channel = f"{prefix}cancel"
+        self._watching: dict[str, int] = {}  # run id -> this worker's open readers of it
         self._worker_key = f"{prefix}worker:{self.worker_id}"
         self._retention_ms = max(1, int(retention * 1000))
         self._lease_ms = max(1, int(lease_seconds * 1000))
@@ -280,14 +281,36 @@ class RedisRunStore(StoreLifecycle, RunStore):
     async def add_watcher(self, run_id: str, delta: int) -> int:
         """Count a reader in (+1) or out (-1); returns the readers open on all live workers.
 
-        Each worker counts its own readers in the run's meta hash; the readers of a worker
-        that stopped without counting them out no longer count once its heartbeat (renewed
-        with the leases) lapses.
+        Each worker counts its own readers and writes that count (a value, so a call that
+        failed is made good by the next one, even ``delta=0``) in the run's meta hash; the
+        readers of a worker that stopped without counting them out no longer count once
+        its heartbeat (renewed with the leases) lapses.
+
+        Raises:
+            StoreUnavailableError: Redis is unavailable; this worker's count is kept
+                and written on the run's next call.
         """
-        await self._ensure_started()
-        args: list[int | str] = [delta, f"w:{self.worker_id}", f"{self.prefix}worker:"]
-        total = await self._lua().watch(keys=[self._keys(run_id)[1]], args=args)
+        before = self._watching.get(run_id, 0)
+        self._set_watching(run_id, max(0, before + delta))
+        args: list[int | str] = [
+            self._watching.get(run_id, 0),
+            f"w:{self.worker_id}",
+            f"{self.prefix}worker:",
+        ]
+        try:
+            await self._ensure_started()
+            total = await self._lua().watch(keys=[self._keys(run_id)[1]], args=args)
+        except BaseException:
+            if delta > 0:  # the reader was refused: it never counted
+                self._set_watching(run_id, before)
+            raise
         return int(total)
+
+    def _set_watching(self, run_id: str, count: int) -> None:
+        if count:
+            self._watching[run_id] = count
+        else:
+            self._watching.pop(run_id, None)
 
     @translated("claiming a usage record")
     async def claim_usage(self, run_id: str) -> bool:

@@ -244,13 +244,22 @@ class Seen(logging.Handler):
             self.event.set()
 
 
+@pytest.mark.parametrize(
+    ("stopped_at", "failure"),
+    [
+        ("the grace", "the store could not cancel an unwatched run"),
+        ("the drop", "the store could not count a reader out"),
+    ],
+)
 async def test_an_unwatched_run_is_cancelled_once_redis_answers_again(
-    redis_server: RedisServer,
+    redis_server: RedisServer, stopped_at: str, failure: str
 ) -> None:
-    """Redis stops answering (SIGSTOP: its data stays) while a dropped run's grace runs out.
+    """Redis stops answering (SIGSTOP: its data stays) through a dropped run's grace.
 
-    The cancel fails then; the run must not go on unwatched: once Redis answers again
-    (SIGCONT), the cancel is tried again and the run ends ``cancelled``.
+    Stopped before the client drops, the reader cannot be counted out; stopped after,
+    the cancel at the grace's end fails. Either way the run must not go on unwatched:
+    once Redis answers again (SIGCONT), the count is written again, the cancel tried
+    again, and the run ends ``cancelled``.
     """
     store = RedisRunStore(redis_server.url, prefix=f"g{uuid.uuid4().hex[:8]}:", socket_timeout=0.5)
     app = FastAPI()
@@ -258,7 +267,7 @@ async def test_an_unwatched_run_is_cancelled_once_redis_answers_again(
         create_router(slow_job, path="/job", store=store, reconnect_grace=1.0, retry=500)
     )
     admin = aioredis.from_url(redis_server.url, decode_responses=True)
-    seen = Seen("the store could not cancel an unwatched run")
+    seen = Seen(failure)
     logging.getLogger("fastapi_ikstream").addHandler(seen)
     try:
         with serve(app) as server:
@@ -269,13 +278,16 @@ async def test_an_unwatched_run_is_cancelled_once_redis_answers_again(
                         if line.startswith("id: "):
                             run_id = line[4:].rsplit(":", 1)[0]
                             break  # the client drops after the first event
-                meta = f"{store.prefix}meta:{run_id}"
-                async with asyncio.timeout(10):
-                    while await admin.hget(meta, "watchers") != "0":  # noqa: ASYNC110
-                        await asyncio.sleep(0.02)
-                redis_server.process.send_signal(signal.SIGSTOP)
+                    if stopped_at == "the drop":
+                        redis_server.process.send_signal(signal.SIGSTOP)
+                if stopped_at == "the grace":
+                    meta = f"{store.prefix}meta:{run_id}"
+                    async with asyncio.timeout(10):
+                        while await admin.hget(meta, "watchers") != "0":  # noqa: ASYNC110
+                            await asyncio.sleep(0.02)
+                    redis_server.process.send_signal(signal.SIGSTOP)
                 try:
-                    assert await asyncio.to_thread(seen.event.wait, 15)  # the grace ended
+                    assert await asyncio.to_thread(seen.event.wait, 15)
                 finally:
                     redis_server.process.send_signal(signal.SIGCONT)
                 async with asyncio.timeout(15):
@@ -285,6 +297,7 @@ async def test_an_unwatched_run_is_cancelled_once_redis_answers_again(
                             break
                         await asyncio.sleep(0.1)
                 assert state.json()["status"] == "cancelled"
+                assert await admin.hget(f"{store.prefix}meta:{run_id}", "watchers") == "0"
     finally:
         logging.getLogger("fastapi_ikstream").removeHandler(seen)
         await admin.aclose()
