@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import HTTPException, Request, Response
@@ -33,9 +34,31 @@ from ._run import StreamingRun
 from ._runs import RunManager
 from ._store import RunInfo, RunStore
 
-__all__ = ["RouterCore", "not_found"]
+__all__ = ["EventsQuery", "RouterCore", "not_found"]
 
 MakeRun = Callable[[Any], StreamingRun]
+
+
+@dataclass(frozen=True, slots=True)
+class EventsQuery:
+    """Where a reader of ``GET {path}/runs/{run_id}/events`` asks to start.
+
+    Attributes:
+        last_event_id: its ``Last-Event-ID`` (header, or query for clients that cannot set it).
+        after_seq: its ``after_seq`` query; it wins over ``last_event_id``.
+    """
+
+    last_event_id: str | None
+    after_seq: int | None
+
+    def seq_for(self, run_id: str) -> int:
+        """The seq to stream after: 0 unless an id of this run (or a bare seq) says more."""
+        if self.after_seq is not None:
+            return self.after_seq
+        parsed = parse_event_id(self.last_event_id)
+        if parsed is not None and parsed.run_id in (None, run_id):
+            return parsed.seq
+        return 0
 
 
 def not_found() -> HTTPException:
@@ -128,23 +151,23 @@ class RouterCore:
                 headers={"Retry-After": "5"},
             ) from exc
 
-    async def open_stream(  # noqa: PLR0913 - the request's parts, passed through from the endpoints
+    async def open_stream(
         self,
-        request: Request,
-        principal: Any,
-        run_id: str,
-        after_seq: int,
+        key: str,
+        at: Cursor,
         media_type: str,
         headers: dict[str, str],
         *,
         counted: bool = False,
     ) -> EventStreamResponse:
-        """Stream ``run_id`` after ``after_seq``, as one of the caller's open streams.
+        """Stream the run ``at`` names after its seq, as one of the open streams of ``key``.
 
-        ``counted``: the caller's stream was counted in already (`stream` does it before it
-        creates the run); from here on this method gives it back.
+        ``key``: the caller's (`Admission.key`). ``counted``: the caller's stream was counted
+        in already (`stream` does it before it creates the run); from here on this method
+        gives it back.
         """
-        key = self.admission.key(request, principal)
+        run_id, after_seq = at.run_id, at.seq
+        assert run_id is not None
         if not counted:
             self.admission.open_stream(key)
         try:
@@ -211,7 +234,7 @@ class RouterCore:
             raise
         try:
             return await self.open_stream(
-                request, principal, run.run_id, 0, media_type, headers, counted=True
+                key, Cursor(run.run_id, 0), media_type, headers, counted=True
             )
         except BaseException:
             run.cancel("the stream could not be opened")
@@ -226,7 +249,9 @@ class RouterCore:
         await self.admission.admit_resume(request, principal)
         if info.finished and cursor.seq == info.last_seq:
             return Response(status_code=204)
-        return await self.open_stream(request, principal, cursor.run_id, cursor.seq, media_type, {})
+        return await self.open_stream(
+            self.admission.key(request, principal), cursor, media_type, {}
+        )
 
     async def run_to_end(
         self, request: Request, payload: Any, principal: Any, make_run: MakeRun
@@ -279,29 +304,19 @@ class RouterCore:
         )
         return JSONResponse(body.model_dump(), status_code=201, headers=headers)
 
-    async def events(  # noqa: PLR0913 - the endpoint's request fields, passed through
-        self,
-        request: Request,
-        run_id: str,
-        cursor_text: str | None,
-        after_seq: int | None,
-        principal: Any,
-        media_type: str,
+    async def events(
+        self, request: Request, run_id: str, query: EventsQuery, principal: Any, media_type: str
     ) -> Response:
         """``GET {path}/runs/{run_id}/events``: stream a run from the start or a cursor."""
         info = await self.owned_info(run_id, principal)
-        cursor = 0
-        parsed = parse_event_id(cursor_text)
-        if parsed is not None and parsed.run_id in (None, run_id):
-            cursor = parsed.seq
-        if after_seq is not None:
-            cursor = after_seq
+        cursor = query.seq_for(run_id)
         if cursor > 0:
             await self.admission.admit_resume(request, principal)
         if info.finished and cursor == info.last_seq:
             return Response(status_code=204)
         self.check_accepting()  # a stream opened now would hold the shutdown up
-        return await self.open_stream(request, principal, run_id, cursor, media_type, {})
+        key = self.admission.key(request, principal)
+        return await self.open_stream(key, Cursor(run_id, cursor), media_type, {})
 
     async def state(self, run_id: str, principal: Any) -> RunSnapshot:
         """``GET {path}/runs/{run_id}``: the run's latest state."""

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Reques
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel
 
-from ._endpoints import RouterCore
+from ._endpoints import EventsQuery, RouterCore
 from ._inputs import query_model_for, run_request_from_query
 from ._models import RunState
 from ._openapi import ERROR_RESPONSES, RunCreated, RunSnapshot, stream_responses
@@ -184,7 +184,8 @@ def _add_run_id_routes(router: APIRouter, core: RouterCore, options: RouterOptio
         ] = None,
     ) -> Response:
         raw = request.headers.get("last-event-id") or last_event_id
-        return await core.events(request, run_id, raw, after_seq, principal, media_type)
+        query = EventsQuery(raw, after_seq)
+        return await core.events(request, run_id, query, principal, media_type)
 
     async def run_state(run_id: RunIdPath, principal: Principal) -> RunSnapshot:
         return await core.state(run_id, principal)

@@ -118,7 +118,7 @@ class EventStreamResponse(Response):
             keep-alives), for metering. Default None.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - public constructor: keyword-only options
         self,
         subscription: Subscription | Callable[[], Subscription],
         *,
@@ -133,15 +133,14 @@ class EventStreamResponse(Response):
         named_events: bool = True,
         on_sent: Callable[[int, int], None] | None = None,
     ) -> None:
-        self.registry = registry
-        self.on_sent = on_sent
-        self.named_events = named_events
         self._subscription = subscription
         self.status_code = status_code
         self.media_type = media_type
-        self.keep_alive = keep_alive
         self.retry = retry if media_type == SSE_MEDIA_TYPE else None
-        self.on_close = on_close
+        self.keep_alive = keep_alive
+        self.named_events = named_events
+        # the hooks: called when the stream ends, after each write, and kept in while open
+        self.on_close, self.on_sent, self.registry = on_close, on_sent, registry
         self.background = background
         self.body = b""
         self.init_headers(
@@ -152,22 +151,13 @@ class EventStreamResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Stream until ``done``, a disconnect, or cancellation."""
-        subscription = (
-            self._subscription
-            if isinstance(self._subscription, Subscription)
-            else self._subscription()
-        )
+        subscription = self._open_subscription()
         task = asyncio.current_task()
         assert task is not None
         state = StreamHandle(task)
         if self.registry is not None:
             self.registry.add(state)
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, state))
-        jsonl = self.media_type != SSE_MEDIA_TYPE
-        keepalive = JSONL_KEEPALIVE if jsonl else SSE_KEEPALIVE
-        timeout = self.keep_alive if self.keep_alive > 0 else None
-        retry = self.retry
-        named = self.named_events or jsonl
         try:
             await send(
                 {
@@ -176,26 +166,7 @@ class EventStreamResponse(Response):
                     "headers": self.raw_headers,
                 }
             )
-            while (batch := await subscription.next_batch(timeout)) is not None:
-                events: Sequence[EncodedEvent] = batch if named else unnamed_events(batch)
-                if not events:
-                    chunk = keepalive
-                elif jsonl:
-                    chunk = b"".join([event.jsonl for event in events])
-                elif retry is not None:
-                    first = events[0].sse_with_retry(retry)
-                    retry = None
-                    chunk = first + b"".join([event.sse for event in events[1:]])
-                elif len(events) == 1:
-                    chunk = events[0].sse
-                else:
-                    chunk = b"".join([event.sse for event in events])
-                if len(chunk) <= SEND_BYTES:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                else:
-                    await _send_slices(send, chunk)
-                if events and self.on_sent is not None:
-                    self.on_sent(len(events), len(chunk))
+            await self._stream(subscription, send)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             if self.background is not None:
                 await self.background()
@@ -204,15 +175,11 @@ class EventStreamResponse(Response):
                 raise
             task.uncancel()
             if state.stopping and not state.disconnected:
-                with contextlib.suppress(OSError):
-                    await send(
-                        {"type": "http.response.body", "body": self._hint(), "more_body": False}
-                    )
+                await self._send_hint(send)
         except StoreError:
             # The store failed under the stream (Redis is away): end it with the delay as a
             # lone ``retry:`` line, so the client reconnects and resumes from Last-Event-ID.
-            with contextlib.suppress(OSError):
-                await send({"type": "http.response.body", "body": self._hint(), "more_body": False})
+            await self._send_hint(send)
         except OSError:  # the transport broke while writing: the client is gone
             state.disconnected = True
         finally:
@@ -221,6 +188,44 @@ class EventStreamResponse(Response):
             if self.registry is not None:
                 self.registry.discard(state)
             await _close(subscription, self.on_close)
+
+    def _open_subscription(self) -> Subscription:
+        if isinstance(self._subscription, Subscription):
+            return self._subscription
+        return self._subscription()
+
+    async def _stream(self, subscription: Subscription, send: Send) -> None:
+        """Write the subscription's batches, a keep-alive after each silence, until its end."""
+        jsonl = self.media_type != SSE_MEDIA_TYPE
+        keepalive = JSONL_KEEPALIVE if jsonl else SSE_KEEPALIVE
+        timeout = self.keep_alive if self.keep_alive > 0 else None
+        retry = self.retry
+        named = self.named_events or jsonl
+        while (batch := await subscription.next_batch(timeout)) is not None:
+            events: Sequence[EncodedEvent] = batch if named else unnamed_events(batch)
+            if not events:
+                chunk = keepalive
+            elif jsonl:
+                chunk = b"".join([event.jsonl for event in events])
+            elif retry is not None:
+                first = events[0].sse_with_retry(retry)
+                retry = None
+                chunk = first + b"".join([event.sse for event in events[1:]])
+            elif len(events) == 1:
+                chunk = events[0].sse
+            else:
+                chunk = b"".join([event.sse for event in events])
+            if len(chunk) <= SEND_BYTES:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            else:
+                await _send_slices(send, chunk)
+            if events and self.on_sent is not None:
+                self.on_sent(len(events), len(chunk))
+
+    async def _send_hint(self, send: Send) -> None:
+        """End the body with `_hint`; a transport already broken is ignored."""
+        with contextlib.suppress(OSError):
+            await send({"type": "http.response.body", "body": self._hint(), "more_body": False})
 
     def _hint(self) -> bytes:
         """The reconnection delay as a lone field line: no blank line, so no event."""

@@ -7,13 +7,12 @@ The Python counterpart of the JavaScript ``StreamingRun`` (``getAsyncGenerator``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
-from typing import Any, TypeAlias
-
-from starlette.background import BackgroundTask
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from ._exceptions import (
     DeploymentError,
@@ -22,8 +21,6 @@ from ._exceptions import (
     RunFailedError,
     StreamConsumedError,
 )
-from ._log import RunLog
-from ._memory import MemoryRunSubscription
 from ._models import (
     EventType,
     RunError,
@@ -32,14 +29,20 @@ from ._models import (
     status_from_state,
     upstream_id_of,
 )
-from ._response import EventStreamResponse, negotiate_media_type
-from ._shutdown import on_shutdown_signal
+from ._run_readers import ResponseOptions, encoded_stream, run_response, state_stream
 from ._updates import eta_of, logs_of, progress_of, results_of, trusted_state
-from ._wire import check_sse_id, unnamed_events
+from ._wire import check_sse_id
+
+if TYPE_CHECKING:
+    from starlette.background import BackgroundTask
+
+    from ._response import EventStreamResponse
 
 __all__ = ["DEFAULT_TIMEOUT", "OnProgress", "RunSource", "StreamingRun", "new_run_id"]
 
 logger = logging.getLogger("fastapi_ikstream")
+
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 3600.0
 """Seconds a deployment may run before it is ended with a ``failed`` state, code ``timeout``."""
@@ -55,22 +58,10 @@ results``, or any of ``status, progress, logs, log, partial_output``), or with o
 RunSource: TypeAlias = Callable[[OnProgress], Any] | AsyncIterable[Any]
 """A run function ``fn(on_progress) -> result`` (sync or async), or an async iterable of updates."""
 
-_MAX_PENDING_LOGS = 1000
-_SHUTDOWN = "the server is shutting down"
-
 
 def new_run_id() -> str:
     """A new unguessable run id: ``"r_"`` and 24 hex digits (96 random bits)."""
     return "r_" + secrets.token_hex(12)
-
-
-def _text_sink(log: RunLog[str]) -> Callable[[RunState], None]:
-    """A sink keeping each state's JSON in ``log``."""
-
-    def sink(state: RunState) -> None:
-        log.append(state.to_json(), state.seq, state.type)
-
-    return sink
 
 
 class StreamingRun:
@@ -114,7 +105,7 @@ class StreamingRun:
         ValueError: ``run_id`` holds a CR, an LF or a NUL (it would break the SSE ``id:``).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - public constructor: keyword-only options
         self,
         source: RunSource,
         *,
@@ -178,8 +169,7 @@ class StreamingRun:
         Raises:
             StreamConsumedError: the run was started or read already.
         """
-        if self._consumed:
-            raise StreamConsumedError(f"run {self.run_id} was already consumed")
+        self._check_unread()
         self._consumed = True
         self._sink = sink
         self._task = asyncio.get_running_loop().create_task(self._drive())
@@ -332,44 +322,11 @@ class StreamingRun:
             self._fail(RunError(code="deployment_error", message="The deployment failed."))
         self._emit(EventType.DONE, status=self._status)
 
-    # -- reading ---------------------------------------------------------------------------
+    # -- reading (the readers themselves are in `_run_readers`) -----------------------------
 
-    def _start_log(self) -> tuple[RunLog[RunState], asyncio.Task[None]]:
-        log: RunLog[RunState] = RunLog(self.max_events)
-        return log, self.start(lambda state: log.append(state, state.seq, state.type))
-
-    async def aiter_states(self) -> AsyncIterator[RunState]:
-        """Run and yield every state, ``run`` first and ``done`` last.
-
-        Raises:
-            StreamConsumedError: the run was already read.
-            RunFailedError: after yielding ``failed`` and ``done``, when ``raise_on_error``.
-            RunCancelledError: after yielding ``cancelled`` and ``done``, when ``raise_on_error``.
-        """
-        log, task = self._start_log()
-        cursor = 0
-        try:
-            while True:
-                batch = log.read_after(cursor)
-                if batch is None:  # fell behind the kept window
-                    first = log.first_seq
-                    yield RunState(
-                        type=EventType.RESET, run_id=self.run_id, seq=first - 1, first_seq=first
-                    )
-                    cursor = first - 1
-                    continue
-                if not batch:
-                    await log.wait(cursor, None)
-                    continue
-                for state in batch:
-                    yield state
-                cursor = batch[-1].seq
-                if log.finished and cursor == log.last_seq:
-                    break
-        finally:
-            if not task.done():
-                task.cancel()
-        self._raise_if_failed()
+    def _check_unread(self) -> None:
+        if self._consumed:
+            raise StreamConsumedError(f"run {self.run_id} was already consumed")
 
     def _raise_if_failed(self) -> None:
         terminal = self._terminal
@@ -379,28 +336,21 @@ class StreamingRun:
             if terminal.type is EventType.CANCELLED:
                 raise RunCancelledError(terminal)
 
-    async def _aiter_bytes(self, jsonl: bool) -> AsyncIterator[bytes]:
-        log: RunLog[str] = RunLog(self.max_events)
-        task = self.start(_text_sink(log))
-        sub = MemoryRunSubscription(self.run_id, log, 0)
-        try:
-            first = True
-            while (batch := await sub.next_batch(self.keep_alive or None)) is not None:
-                if not batch:
-                    yield b'{"type":"keepalive"}\n' if jsonl else b": keep-alive\n"
-                    continue
-                for event in batch if self.named_events or jsonl else unnamed_events(batch):
-                    if jsonl:
-                        yield event.jsonl
-                    elif first and self.retry is not None:
-                        yield event.sse_with_retry(self.retry)
-                    else:
-                        yield event.sse
-                    first = False
-        finally:
-            if not task.done():
-                task.cancel()
+    async def _to_the_end(self, reader: AsyncGenerator[T, None]) -> AsyncIterator[T]:
+        async with contextlib.aclosing(reader) as items:
+            async for item in items:
+                yield item
         self._raise_if_failed()
+
+    def aiter_states(self) -> AsyncIterator[RunState]:
+        """Run and yield every state, ``run`` first and ``done`` last.
+
+        Raises:
+            StreamConsumedError: the run was already read.
+            RunFailedError: after yielding ``failed`` and ``done``, when ``raise_on_error``.
+            RunCancelledError: after yielding ``cancelled`` and ``done``, when ``raise_on_error``.
+        """
+        return self._to_the_end(state_stream(self))
 
     def aiter_sse(self) -> AsyncIterator[bytes]:
         """Run and yield the stream as SSE bytes: one block per event, keep-alives between.
@@ -410,17 +360,14 @@ class StreamingRun:
             RunFailedError: after the ``failed`` and ``done`` blocks, when ``raise_on_error``.
             RunCancelledError: after the ``cancelled`` and ``done`` blocks, likewise.
         """
-        return self._aiter_bytes(jsonl=False)
+        return self._to_the_end(encoded_stream(self, jsonl=False))
 
     def aiter_jsonl(self) -> AsyncIterator[bytes]:
         """Run and yield the stream as JSON lines; keep-alive lines are ``{"type":"keepalive"}``.
 
-        Raises:
-            StreamConsumedError: the run was already read.
-            RunFailedError: after the ``failed`` and ``done`` lines, when ``raise_on_error``.
-            RunCancelledError: after the ``cancelled`` and ``done`` lines, likewise.
+        It raises as `aiter_sse` does, after the ``failed`` or ``cancelled`` line and ``done``.
         """
-        return self._aiter_bytes(jsonl=True)
+        return self._to_the_end(encoded_stream(self, jsonl=True))
 
     def to_response(
         self,
@@ -448,37 +395,6 @@ class StreamingRun:
         Raises:
             StreamConsumedError: the run was already read.
         """
-        if accept is not None:
-            media_type = negotiate_media_type(accept) or media_type
-        if self._consumed:
-            raise StreamConsumedError(f"run {self.run_id} was already consumed")
-        log: RunLog[str] = RunLog(self.max_events)
-        started: list[asyncio.Task[None]] = []
-        hooks: list[Callable[[], None]] = []
-
-        def drain() -> None:  # SIGTERM: let the run finish within drain_timeout, then cancel
-            loop = asyncio.get_running_loop()
-            hooks.append(loop.call_later(self.drain_timeout, self.cancel, _SHUTDOWN).cancel)
-
-        def open_subscription() -> MemoryRunSubscription:
-            started.append(self.start(_text_sink(log)))
-            hooks.append(on_shutdown_signal(drain))
-            return MemoryRunSubscription(self.run_id, log, 0)
-
-        def on_close() -> None:
-            for unhook in hooks:
-                unhook()
-            for task in started:
-                if not task.done():
-                    task.cancel()
-
-        return EventStreamResponse(
-            open_subscription,
-            media_type=media_type,
-            keep_alive=self.keep_alive if keep_alive is None else keep_alive,
-            retry=self.retry,
-            headers={**self.headers, **(headers or {})},
-            on_close=on_close,
-            background=background,
-            named_events=self.named_events,
-        )
+        self._check_unread()
+        options = ResponseOptions(keep_alive, headers, media_type, accept, background)
+        return run_response(self, options)

@@ -31,6 +31,7 @@ from typing import Literal
 from ._exceptions import StoreError, StoreUnavailableError
 from ._models import RunState
 from ._observe import RunObserver
+from ._once import StartOnce
 from ._response import StreamHandle
 from ._run import StreamingRun
 from ._shutdown import on_shutdown_signal
@@ -82,8 +83,7 @@ class RunManager:
         self.attached: set[str] = set()
         self.streams: set[StreamHandle] = set()
         self.accepting = True
-        self._started = False
-        self._start_lock: asyncio.Lock | None = None
+        self._start = StartOnce()
         self._grace_tasks: dict[str, asyncio.Task[None]] = {}
         self._shutdown_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -91,22 +91,17 @@ class RunManager:
 
     async def ensure_started(self) -> None:
         """Start the store, hook the cancel handler and the shutdown signals (once)."""
-        if self._started:
-            return
-        if self._start_lock is None:
-            self._start_lock = asyncio.Lock()
-        async with self._start_lock:
-            if self._started:
-                return
-            self.store.set_cancel_handler(self._on_cancel)
-            if self.observer is not None:
-                self.store.set_orphan_handler(self.observer.run_orphaned)
-            await self.store.start()
-            self.accepting = True
-            self._shutdown_task = None
-            self._loop = asyncio.get_running_loop()
-            self._unhook = [on_shutdown_signal(self._shutdown_now)]
-            self._started = True
+        await self._start.run(self._start_now)
+
+    async def _start_now(self) -> None:
+        self.store.set_cancel_handler(self._on_cancel)
+        if self.observer is not None:
+            self.store.set_orphan_handler(self.observer.run_orphaned)
+        await self.store.start()
+        self.accepting = True
+        self._shutdown_task = None
+        self._loop = asyncio.get_running_loop()
+        self._unhook = [on_shutdown_signal(self._shutdown_now)]
 
     @property
     def in_grace(self) -> frozenset[str]:
@@ -265,7 +260,7 @@ class RunManager:
         loop.call_soon_threadsafe(self._shutdown_now)
 
     def _shutdown_now(self) -> None:
-        if self._shutdown_task is None and self._started:
+        if self._shutdown_task is None and self._start.started:
             self._shutdown_task = asyncio.get_running_loop().create_task(self.shutdown())
 
     async def shutdown(self) -> None:
@@ -302,6 +297,6 @@ class RunManager:
                 unhook()
         self._unhook = []
         await self.store.aclose()
-        self._started = False
+        self._start.started = False
         self._shutdown_task = None
         self.accepting = True  # a later use (another TestClient block) starts it again

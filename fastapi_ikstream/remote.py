@@ -50,42 +50,29 @@ import httpx
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
+from . import _remote_formats
 from ._exceptions import (
     UpstreamError,
     UpstreamIncompleteError,
     UpstreamTimeoutError,
 )
-from ._remote_formats import (
-    FAL,
-    IKSTREAM,
-    INFERENCE_SH,
-    EventMapping,
-    MapEvent,
-    OnClose,
-    UpstreamEvent,
-    fal_close,
-    fal_event,
-    ikstream_event,
-    inference_sh_event,
-)
+from ._remote_formats import FAL as FAL
+from ._remote_formats import IKSTREAM as IKSTREAM
+from ._remote_formats import INFERENCE_SH as INFERENCE_SH
+from ._remote_formats import EventMapping as EventMapping
+from ._remote_formats import MapEvent as MapEvent
+from ._remote_formats import OnClose as OnClose
+from ._remote_formats import UpstreamEvent as UpstreamEvent
+from ._remote_formats import fal_close as fal_close
+from ._remote_formats import fal_event as fal_event
+from ._remote_formats import ikstream_event as ikstream_event
+from ._remote_formats import inference_sh_event as inference_sh_event
 from ._run import RunSource
 from ._upstream import Dropped, UpstreamCursor, upstream_events
 
-__all__ = [
-    "FAL",
-    "IKSTREAM",
-    "INFERENCE_SH",
-    "EventMapping",
-    "MapEvent",
-    "OnClose",
-    "RemoteDeployment",
-    "UpstreamEvent",
-    "default_body",
-    "fal_close",
-    "fal_event",
-    "ikstream_event",
-    "inference_sh_event",
-]
+# the mapping names are the formats module's, re-exported here where users import them
+__all__ = ["RemoteDeployment", "default_body"]
+__all__ += _remote_formats.__all__
 
 logger = logging.getLogger("fastapi_ikstream")
 

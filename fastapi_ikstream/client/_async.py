@@ -17,12 +17,13 @@ from ._core import (
     OnProgress,
     RawEvent,
     StreamCore,
+    StreamOptions,
     connect_error,
-    prepare_headers,
+    stream_arguments,
 )
 from ._errors import StreamTimeoutError
 from ._results import Results
-from ._tracker import StateTracker, StreamKind, http_timeout
+from ._tracker import StateTracker, StreamKind
 
 __all__ = [
     "AsyncRunStream",
@@ -52,35 +53,15 @@ class _ActivityStream(httpx.AsyncByteStream):
             yield chunk
 
 
-class AsyncRunStream(StreamCore):
+class AsyncRunStream(StreamCore[httpx.AsyncClient]):
     """An open run stream (async); made by `aconnect_states` or the `process_*` helpers.
+
+    Its arguments are those of `StreamCore`, with an ``httpx.AsyncClient`` as ``client``.
 
     Attributes:
         response: the current HTTP response (a new one after each reconnect).
         reconnects: how many times the stream was resumed.
     """
-
-    def __init__(  # noqa: PLR0913 - public constructor: keyword-only options
-        self,
-        response: httpx.Response,
-        *,
-        client: httpx.AsyncClient | None = None,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        max_reconnects: int = 3,
-        max_retry_delay: float = 5.0,
-        raise_on_error: bool = True,
-        default_kind: StreamKind | None = None,
-    ) -> None:
-        super().__init__(
-            response,
-            timeout=timeout,
-            max_reconnects=max_reconnects,
-            max_retry_delay=max_retry_delay,
-            raise_on_error=raise_on_error,
-            default_kind=default_kind,
-        )
-        self._client = client
-        self._own_client: httpx.AsyncClient | None = None
 
     async def check(self) -> None:
         """Check the first answer: a 2xx event stream.
@@ -207,23 +188,14 @@ async def aconnect_states(  # noqa: PLR0913 - public API: keyword-only options
         StreamConnectionError: the server could not be reached.
         StreamTimeoutError: the server did not answer in time.
     """
-    headers = prepare_headers(kwargs, jsonl)
-    read_timeout = http_timeout(client.timeout, timeout)
+    arguments = stream_arguments(client, timeout, jsonl, kwargs)
+    options = StreamOptions(timeout, max_reconnects, max_retry_delay, raise_on_error)
     async with contextlib.AsyncExitStack() as stack:
         try:
-            response = await stack.enter_async_context(
-                client.stream(method, url, headers=headers, timeout=read_timeout, **kwargs)
-            )
+            response = await stack.enter_async_context(client.stream(method, url, **arguments))
         except httpx.TransportError as exc:
             raise connect_error(exc, url) from exc
-        stream = AsyncRunStream(
-            response,
-            client=client,
-            timeout=timeout,
-            max_reconnects=max_reconnects,
-            max_retry_delay=max_retry_delay,
-            raise_on_error=raise_on_error,
-        )
+        stream = AsyncRunStream.opened(response, client, options)
         stack.push_async_callback(stream.aclose)
         await stream.check()
         yield stream
@@ -233,7 +205,8 @@ async def _process_async(
     source: Any,
     on_progress: OnProgress | None,
     kind: StreamKind | None,
-    **options: Any,
+    client: httpx.AsyncClient | None,
+    options: StreamOptions,
 ) -> Results:
     async with contextlib.AsyncExitStack() as stack:
         if isinstance(source, httpx.Response):
@@ -243,7 +216,7 @@ async def _process_async(
                 response = await stack.enter_async_context(source)
             except httpx.TransportError as exc:
                 raise connect_error(exc) from exc
-        stream = AsyncRunStream(response, default_kind=kind, **options)
+        stream = AsyncRunStream.opened(response, client, options, kind)
         stack.push_async_callback(stream.aclose)
         return await stream.aread_results(on_progress)
 
@@ -287,15 +260,8 @@ async def process_streaming_response(  # noqa: PLR0913 - public API: keyword-onl
         StreamConnectionError: the connection dropped and could not be resumed.
         StreamProtocolError: the answer is not a run's event stream.
     """
-    return await _process_async(
-        source,
-        on_progress,
-        None,
-        timeout=timeout,
-        max_reconnects=max_reconnects,
-        max_retry_delay=max_retry_delay,
-        client=client,
-    )
+    options = StreamOptions(timeout, max_reconnects, max_retry_delay)
+    return await _process_async(source, on_progress, None, client, options)
 
 
 async def process_json_stream(  # noqa: PLR0913 - public API: keyword-only options
@@ -338,15 +304,8 @@ async def process_json_stream(  # noqa: PLR0913 - public API: keyword-only optio
         StreamError: as `process_streaming_response`.
     """
     if isinstance(source, httpx.Response) or hasattr(source, "__aenter__"):
-        return await _process_async(
-            source,
-            on_progress,
-            "jsonl",
-            timeout=timeout,
-            max_reconnects=max_reconnects,
-            max_retry_delay=max_retry_delay,
-            client=client,
-        )
+        options = StreamOptions(timeout, max_reconnects, max_retry_delay)
+        return await _process_async(source, on_progress, "jsonl", client, options)
     tracker = StateTracker()
     if isinstance(source, AsyncIterable):
         items = source.__aiter__()

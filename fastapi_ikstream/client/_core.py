@@ -3,16 +3,18 @@
 The loops are written once, as coroutines over a handful of I/O primitives (read a body,
 close a response, send a request, sleep, iterate a connection's events). `AsyncRunStream`
 implements the primitives with awaits. `RunStream` implements them with blocking calls, so
-its coroutines never suspend, and `drive` / `drive_iter` run them to the end without an
-event loop.
+its coroutines never suspend, and `drive` / `drive_iter` (in `_drive`) run them to the end
+without an event loop. The helpers' options (`StreamOptions`) and their request set-up
+(`stream_arguments`) are shared too: the async and sync modules hold only the I/O.
 """
 
 from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
-from typing import Any, TypeAlias, TypeVar
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Self, TypeAlias, TypeVar
 
 import httpx
 import httpx_sse
@@ -43,13 +45,13 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "OnProgress",
     "StreamCore",
+    "StreamOptions",
     "connect_error",
-    "drive",
-    "drive_iter",
     "prepare_headers",
+    "stream_arguments",
 ]
 
-T = TypeVar("T")
+ClientT = TypeVar("ClientT", httpx.AsyncClient, httpx.Client)
 
 DEFAULT_TIMEOUT = 15.0
 """Seconds of silence (not a byte, keep-alives included) before `StreamTimeoutError`."""
@@ -60,34 +62,6 @@ helpers await it when it returns an awaitable."""
 
 RawEvent: TypeAlias = httpx_sse.ServerSentEvent | str
 """One item of a connection: a Server-Sent Event, or a JSON line."""
-
-
-def drive(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine that never suspends (all its I/O blocks) to its end; return its value.
-
-    Raises:
-        RuntimeError: the coroutine suspended, i.e. it awaited real asynchronous I/O.
-    """
-    try:
-        coroutine.send(None)
-    except StopIteration as stop:
-        value: T = stop.value
-        return value
-    coroutine.close()
-    raise RuntimeError("a sync stream awaited asynchronous I/O")
-
-
-def drive_iter(generator: AsyncGenerator[T, None]) -> Generator[T, None, None]:
-    """Iterate an async generator that never suspends, as a plain generator."""
-    try:
-        while True:
-            try:
-                item = drive(generator.__anext__())
-            except StopAsyncIteration:
-                return
-            yield item
-    finally:
-        drive(generator.aclose())
 
 
 def connect_error(exc: httpx.TransportError, url: object = None) -> StreamError:
@@ -110,18 +84,54 @@ def prepare_headers(kwargs: dict[str, Any], jsonl: bool) -> httpx.Headers:
     return headers
 
 
-class StreamCore:
-    """The shared part of `AsyncRunStream` and `RunStream` (see the module docstring)."""
+def stream_arguments(
+    client: httpx.AsyncClient | httpx.Client, timeout: float | None, jsonl: bool, kwargs: Any
+) -> dict[str, Any]:
+    """The keyword arguments of ``client.stream`` that open a run stream.
 
-    def __init__(  # noqa: PLR0913 - the public stream constructors' shared base: their options
+    They are the caller's ``kwargs``, with the stream's headers (`prepare_headers`) and a
+    read timeout of ``timeout``.
+    """
+    headers = prepare_headers(kwargs, jsonl)
+    return {**kwargs, "headers": headers, "timeout": http_timeout(client.timeout, timeout)}
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOptions:
+    """The options every helper hands to the stream it opens (see `StreamCore`)."""
+
+    timeout: float | None = DEFAULT_TIMEOUT
+    max_reconnects: int = 3
+    max_retry_delay: float = 5.0
+    raise_on_error: bool = True
+
+
+class StreamCore(Generic[ClientT]):
+    """The shared part of `AsyncRunStream` and `RunStream` (see the module docstring).
+
+    Args:
+        response: the open streaming response.
+        client: sends the reconnects; default: a client made when one is needed (and
+            closed with the stream).
+        timeout: seconds of silence before `StreamTimeoutError`; None waits forever.
+            Default 15.0.
+        max_reconnects: reconnects in a row without a new event before giving up. Default 3.
+        max_retry_delay: cap, in seconds, on the server's ``retry:`` delay. Default 5.0.
+        raise_on_error: reading the states raises on ``failed`` / ``cancelled``. Default True.
+        default_kind: the kind (``"sse"`` or ``"jsonl"``) of a response whose content type
+            names neither; None refuses such a response. Default None.
+    """
+
+    def __init__(  # noqa: PLR0913 - public constructor (of both streams): keyword-only options
         self,
         response: httpx.Response,
         *,
-        timeout: float | None,
-        max_reconnects: int,
-        max_retry_delay: float,
-        raise_on_error: bool,
-        default_kind: StreamKind | None,
+        client: ClientT | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        max_reconnects: int = 3,
+        max_retry_delay: float = 5.0,
+        raise_on_error: bool = True,
+        default_kind: StreamKind | None = None,
     ) -> None:
         self.response = response
         self.timeout = timeout
@@ -135,7 +145,28 @@ class StreamCore:
         self._attempts = 0
         self._checked = False
         self._consumed = False
+        self._client: ClientT | None = client
+        self._own_client: ClientT | None = None
         self._warn_short_read(response)
+
+    @classmethod
+    def opened(
+        cls,
+        response: httpx.Response,
+        client: ClientT | None,
+        options: StreamOptions,
+        default_kind: StreamKind | None = None,
+    ) -> Self:
+        """The stream of ``response`` with a helper's ``options``."""
+        return cls(
+            response,
+            client=client,
+            timeout=options.timeout,
+            max_reconnects=options.max_reconnects,
+            max_retry_delay=options.max_retry_delay,
+            raise_on_error=options.raise_on_error,
+            default_kind=default_kind,
+        )
 
     # -- the I/O primitives --------------------------------------------------------------
 
@@ -193,7 +224,7 @@ class StreamCore:
                 "keep-alive interval will break the stream; use e.g. "
                 "httpx.Timeout(10.0, read=30.0), or aconnect_states / connect_states",
                 StreamTimeoutWarning,
-                stacklevel=4,
+                stacklevel=3,
             )
 
     def _start_iteration(self) -> None:

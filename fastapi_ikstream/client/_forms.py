@@ -64,8 +64,12 @@ class _SyncChunks(httpx.SyncByteStream):
             close()
 
 
-def _headers(jsonl: bool) -> dict[str, str]:
-    return {"content-type": "application/jsonl" if jsonl else "text/event-stream"}
+def _chunks_response(chunks: _AsyncChunks | _SyncChunks, jsonl: bool) -> httpx.Response:
+    """A response around bytes from anywhere, for the streams to read."""
+    media_type = "application/jsonl" if jsonl else "text/event-stream"
+    return httpx.Response(
+        200, headers={"content-type": media_type}, stream=chunks, request=_PLACEHOLDER
+    )
 
 
 async def process_readable_stream(
@@ -102,10 +106,9 @@ async def process_readable_stream(
         StreamConnectionError: the bytes ended before the run did.
         StreamProtocolError: an event is not a run state.
     """
-    response = httpx.Response(
-        200, headers=_headers(jsonl), stream=_AsyncChunks(chunks), request=_PLACEHOLDER
+    stream = AsyncRunStream(
+        _chunks_response(_AsyncChunks(chunks), jsonl), timeout=timeout, max_reconnects=0
     )
-    stream = AsyncRunStream(response, timeout=timeout, max_reconnects=0)
     try:
         return await stream.aread_results(on_progress)
     finally:
@@ -134,10 +137,7 @@ def process_readable_stream_sync(
         StreamConnectionError: the bytes ended before the run did.
         StreamProtocolError: an event is not a run state.
     """
-    response = httpx.Response(
-        200, headers=_headers(jsonl), stream=_SyncChunks(chunks), request=_PLACEHOLDER
-    )
-    stream = RunStream(response, timeout=None, max_reconnects=0)
+    stream = RunStream(_chunks_response(_SyncChunks(chunks), jsonl), timeout=None, max_reconnects=0)
     try:
         return stream.read_results(on_progress)
     finally:

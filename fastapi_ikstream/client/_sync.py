@@ -20,13 +20,13 @@ from ._core import (
     OnProgress,
     RawEvent,
     StreamCore,
+    StreamOptions,
     connect_error,
-    drive,
-    drive_iter,
-    prepare_headers,
+    stream_arguments,
 )
+from ._drive import drive, drive_iter
 from ._results import Results
-from ._tracker import StateTracker, StreamKind, http_timeout
+from ._tracker import StateTracker, StreamKind
 
 __all__ = [
     "RunStream",
@@ -36,38 +36,17 @@ __all__ = [
 ]
 
 
-class RunStream(StreamCore):
+class RunStream(StreamCore[httpx.Client]):
     """An open run stream (sync); made by `connect_states` or the ``*_sync`` helpers.
 
-    The inactivity timeout is enforced through httpx's read timeout, which requests sent by
+    Its arguments are those of `StreamCore`, with an ``httpx.Client`` as ``client``. The
+    inactivity timeout is enforced through httpx's read timeout, which requests sent by
     this module set to ``timeout``.
 
     Attributes:
         response: the current HTTP response (a new one after each reconnect).
         reconnects: how many times the stream was resumed.
     """
-
-    def __init__(  # noqa: PLR0913 - public constructor: keyword-only options
-        self,
-        response: httpx.Response,
-        *,
-        client: httpx.Client | None = None,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        max_reconnects: int = 3,
-        max_retry_delay: float = 5.0,
-        raise_on_error: bool = True,
-        default_kind: StreamKind | None = None,
-    ) -> None:
-        super().__init__(
-            response,
-            timeout=timeout,
-            max_reconnects=max_reconnects,
-            max_retry_delay=max_retry_delay,
-            raise_on_error=raise_on_error,
-            default_kind=default_kind,
-        )
-        self._client = client
-        self._own_client: httpx.Client | None = None
 
     def check(self) -> None:
         """Check the first answer: a 2xx event stream.
@@ -183,23 +162,14 @@ def connect_states(  # noqa: PLR0913 - public API: keyword-only options
         StreamConnectionError: the server could not be reached.
         StreamTimeoutError: the server did not answer in time.
     """
-    headers = prepare_headers(kwargs, jsonl)
-    read_timeout = http_timeout(client.timeout, timeout)
+    arguments = stream_arguments(client, timeout, jsonl, kwargs)
+    options = StreamOptions(timeout, max_reconnects, max_retry_delay, raise_on_error)
     with contextlib.ExitStack() as stack:
         try:
-            response = stack.enter_context(
-                client.stream(method, url, headers=headers, timeout=read_timeout, **kwargs)
-            )
+            response = stack.enter_context(client.stream(method, url, **arguments))
         except httpx.TransportError as exc:
             raise connect_error(exc, url) from exc
-        stream = RunStream(
-            response,
-            client=client,
-            timeout=timeout,
-            max_reconnects=max_reconnects,
-            max_retry_delay=max_retry_delay,
-            raise_on_error=raise_on_error,
-        )
+        stream = RunStream.opened(response, client, options)
         stack.callback(stream.close)
         stream.check()
         yield stream
@@ -209,7 +179,8 @@ def _process_sync(
     source: Any,
     on_progress: OnProgress | None,
     kind: StreamKind | None,
-    **options: Any,
+    client: httpx.Client | None,
+    options: StreamOptions,
 ) -> Results:
     with contextlib.ExitStack() as stack:
         if isinstance(source, httpx.Response):
@@ -219,7 +190,7 @@ def _process_sync(
                 response = stack.enter_context(source)
             except httpx.TransportError as exc:
                 raise connect_error(exc) from exc
-        stream = RunStream(response, default_kind=kind, **options)
+        stream = RunStream.opened(response, client, options, kind)
         stack.callback(stream.close)
         return stream.read_results(on_progress)
 
@@ -252,15 +223,8 @@ def process_streaming_response_sync(  # noqa: PLR0913 - public API: keyword-only
         RunCancelledError: the run ended ``cancelled``.
         StreamError: as `process_streaming_response`.
     """
-    return _process_sync(
-        source,
-        on_progress,
-        None,
-        timeout=timeout,
-        max_reconnects=max_reconnects,
-        max_retry_delay=max_retry_delay,
-        client=client,
-    )
+    options = StreamOptions(timeout, max_reconnects, max_retry_delay)
+    return _process_sync(source, on_progress, None, client, options)
 
 
 def process_json_stream_sync(  # noqa: PLR0913 - public API: keyword-only options
@@ -292,15 +256,8 @@ def process_json_stream_sync(  # noqa: PLR0913 - public API: keyword-only option
         StreamError: as `process_streaming_response`.
     """
     if isinstance(source, httpx.Response) or hasattr(source, "__enter__"):
-        return _process_sync(
-            source,
-            on_progress,
-            "jsonl",
-            timeout=timeout,
-            max_reconnects=max_reconnects,
-            max_retry_delay=max_retry_delay,
-            client=client,
-        )
+        options = StreamOptions(timeout, max_reconnects, max_retry_delay)
+        return _process_sync(source, on_progress, "jsonl", client, options)
     tracker = StateTracker()
     for item in source:
         state = tracker.accept(item)

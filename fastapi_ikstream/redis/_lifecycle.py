@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.exceptions import RedisError
 
+from .._once import StartOnce
 from .._redis_faults import Health, unavailable
 from ._background import StoreTasks
 from ._reader import SharedReader
@@ -37,10 +38,9 @@ class StoreLifecycle(StoreTasks):
     redis_options: dict[str, Any]
     cancel_channel: str
     health: Health
-    _started: bool
+    _start: StartOnce
     _closed: bool
     _closing: bool
-    _start_lock: asyncio.Lock | None
     _tasks: list[asyncio.Task[None]]
     _client: Redis | None
     _pubsub_client: Redis | None
@@ -57,52 +57,47 @@ class StoreLifecycle(StoreTasks):
         Raises:
             StoreError: Redis cannot be reached.
         """
-        if self._started:
-            return
-        if self._start_lock is None:
-            self._start_lock = asyncio.Lock()
-        async with self._start_lock:
-            if self._started:
-                return
-            options = {**self.redis_options, "decode_responses": True}
-            pool = BlockingConnectionPool.from_url(
-                self.url, max_connections=self.max_connections, **options
-            )
-            client = Redis.from_pool(pool)
-            pubsub_client = Redis.from_url(self.url, **options)
-            pubsub = pubsub_client.pubsub(ignore_subscribe_messages=True)
-            self._client = client
-            self._scripts = Scripts(client)
-            try:
-                await client.ping()
-                await self._heartbeat()
-                await pubsub.subscribe(self.cancel_channel)
-            except (RedisError, OSError) as exc:
-                self._client = None
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-                await pubsub_client.aclose()
-                await client.aclose()
-                raise unavailable(exc, "connecting") from None
-            self._pubsub_client = pubsub_client
-            self._pubsub = pubsub
-            self._wake_writer = asyncio.Event()
-            reader_pool = ConnectionPool.from_url(self.url, **options)
-            self._reader = SharedReader(client, self.health, self.prefix, reader_pool)
-            self._generation += 1
-            gen = self._generation
-            loop = asyncio.get_running_loop()
-            self._tasks = [
-                loop.create_task(self._write_loop(gen), name="ikstream-redis-writer"),
-                loop.create_task(self._reader.run(), name="ikstream-redis-reader"),
-                loop.create_task(self._refresh_loop(gen), name="ikstream-redis-leases"),
-                loop.create_task(self._sweep_loop(gen), name="ikstream-redis-sweeper"),
-                loop.create_task(self._listen_loop(gen), name="ikstream-redis-cancels"),
-            ]
-            self._closed = False
-            self._started = True
+        await self._start.run(self._connect)
+
+    async def _connect(self) -> None:
+        options = {**self.redis_options, "decode_responses": True}
+        pool = BlockingConnectionPool.from_url(
+            self.url, max_connections=self.max_connections, **options
+        )
+        client = Redis.from_pool(pool)
+        pubsub_client = Redis.from_url(self.url, **options)
+        pubsub = pubsub_client.pubsub(ignore_subscribe_messages=True)
+        self._client = client
+        self._scripts = Scripts(client)
+        try:
+            await client.ping()
+            await self._heartbeat()
+            await pubsub.subscribe(self.cancel_channel)
+        except (RedisError, OSError) as exc:
+            self._client = None
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub_client.aclose()
+            await client.aclose()
+            raise unavailable(exc, "connecting") from None
+        self._pubsub_client = pubsub_client
+        self._pubsub = pubsub
+        self._wake_writer = asyncio.Event()
+        reader_pool = ConnectionPool.from_url(self.url, **options)
+        self._reader = SharedReader(client, self.health, self.prefix, reader_pool)
+        self._generation += 1
+        gen = self._generation
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._write_loop(gen), name="ikstream-redis-writer"),
+            loop.create_task(self._reader.run(), name="ikstream-redis-reader"),
+            loop.create_task(self._refresh_loop(gen), name="ikstream-redis-leases"),
+            loop.create_task(self._sweep_loop(gen), name="ikstream-redis-sweeper"),
+            loop.create_task(self._listen_loop(gen), name="ikstream-redis-cancels"),
+        ]
+        self._closed = False
 
     async def _ensure_started(self) -> None:
-        if not self._started:
+        if not self._start.started:
             await self.start()
 
     async def aclose(self) -> None:
@@ -111,12 +106,12 @@ class StoreLifecycle(StoreTasks):
         Runs this worker still owns are not ended: their leases lapse and another worker
         ends them as ``orphaned``.
         """
-        if not self._started or self._closing:
+        if not self._start.started or self._closing:
             return
         self._closing = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._flush_all(), _CLOSE_FLUSH_SECONDS)
-        self._started = False
+        self._start.started = False
         self._closed = True
         self._generation += 1  # background loops end even if a cancellation gets lost
         if self._reader is not None:
@@ -144,7 +139,7 @@ class StoreLifecycle(StoreTasks):
         self._client = self._pubsub_client = self._pubsub = None
         self._reader = None
         self._scripts = None
-        self._start_lock = None
+        self._start.reset()
         self._closing = False
 
     async def _flush_all(self) -> None:

@@ -18,6 +18,7 @@ from redis.asyncio.client import PubSub
 
 from .._exceptions import QuotaExceededError, RunNotFoundError, StoreError
 from .._models import EventType, RunState, RunStatus
+from .._once import StartOnce
 from .._redis_faults import Health, translated
 from .._store import CancelHandler, RunInfo, RunStore, Subscription
 from ._lifecycle import StoreLifecycle
@@ -104,10 +105,9 @@ class RedisRunStore(StoreLifecycle, RunStore):
         self._idle_check = max(0.05, lease_seconds)
         self._cancel_handler: CancelHandler | None = None
         self._local: dict[str, LocalRun] = {}
-        self._started = False
+        self._start = StartOnce()
         self._closed = False
         self._closing = False
-        self._start_lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._generation = 0
         self._client: Redis | None = None
@@ -129,7 +129,7 @@ class RedisRunStore(StoreLifecycle, RunStore):
             idle_check=self._idle_check,
             reader=lambda: self._reader,
             ensure_started=self._ensure_started,
-            started=lambda: self._started,
+            started=lambda: self._start.started,
             closed=lambda: self._closed,
         )
 
@@ -229,7 +229,7 @@ class RedisRunStore(StoreLifecycle, RunStore):
             return
         target = run.top
         loop = asyncio.get_running_loop()
-        while run.written < target and self._local.get(run_id) is run and self._started:
+        while run.written < target and self._local.get(run_id) is run and self._start.started:
             fut: asyncio.Future[None] = loop.create_future()
             run.waiters.append(fut)
             await fut

@@ -5,6 +5,7 @@ Another JWT library could take its place here without the rest of the package ch
 
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +20,14 @@ try:
 except ImportError as _exc:  # pragma: no cover - exercised in a subprocess by the tests
     JOSE_MISSING = _exc
 
-__all__ = ["JOSE_MISSING", "create_access_token", "decode", "keys_from", "unverified_header"]
+__all__ = [
+    "JOSE_MISSING",
+    "ClaimChecks",
+    "create_access_token",
+    "decode",
+    "keys_from",
+    "unverified_header",
+]
 
 
 def keys_from(material: str, algorithms: Iterable[str]) -> dict[str, Any]:
@@ -41,25 +49,33 @@ def unverified_header(token: str) -> dict[str, Any]:
     return header
 
 
-def decode(  # noqa: PLR0913 - the verification settings of JWTBearer, passed through
-    token: str,
-    keys: Iterable[Any],
-    alg: str,
-    *,
-    audience: str | None,
-    issuer: str | None,
-    leeway: float,
-) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class ClaimChecks:
+    """The registered claims `decode` checks: ``aud`` and ``iss`` when given, and the clock.
+
+    Attributes:
+        audience: the ``aud`` required; None checks none.
+        issuer: the ``iss`` required; None checks none.
+        leeway: seconds of clock skew allowed on ``exp`` / ``nbf`` / ``iat``.
+    """
+
+    audience: str | None
+    issuer: str | None
+    leeway: float
+
+
+def decode(token: str, keys: Iterable[Any], alg: str, checks: ClaimChecks) -> dict[str, Any]:
     """Verify the signature and the registered claims; return the claims.
 
     Raises:
         TokenRejected: expired, or a claim (``aud``, ``iss`` …) does not match.
     """
+    audience, issuer = checks.audience, checks.issuer
     options = {
         "require_exp": True,
         "require_aud": audience is not None,
         "require_iss": issuer is not None,
-        "leeway": timedelta(seconds=leeway),
+        "leeway": timedelta(seconds=checks.leeway),
     }
     try:
         return jwt.decode(

@@ -18,7 +18,7 @@ from ._claims import (
     scopes_of,
     time_claims_problem,
 )
-from ._jose import JOSE_MISSING, decode, keys_from, unverified_header
+from ._jose import JOSE_MISSING, ClaimChecks, decode, keys_from, unverified_header
 from ._jwks import JWKSCache
 from ._principal import Principal
 
@@ -206,9 +206,8 @@ class JWTBearer(SecurityBase):
                 keys: list[Any] = [self._static_keys[alg]]
             else:
                 keys = await self._jwks.keys_for(kid, alg)
-            claims = decode(
-                token, keys, alg, audience=self.audience, issuer=self.issuer, leeway=self.leeway
-            )
+            checks = ClaimChecks(self.audience, self.issuer, self.leeway)
+            claims = decode(token, keys, alg, checks)
         except (TokenRejected, HTTPException):
             raise
         except Exception:  # any other failure of a hostile token is a 401, never a 500
