@@ -34,7 +34,7 @@ from ._models import (
 )
 from ._response import EventStreamResponse, negotiate_media_type
 from ._shutdown import on_shutdown_signal
-from ._updates import eta_of, logs_of, progress_of, results_of, trusted_state
+from ._updates import RunUsage, eta_of, logs_of, progress_of, results_of, trusted_state
 from ._wire import check_sse_id, unnamed_events
 
 __all__ = ["DEFAULT_TIMEOUT", "OnProgress", "RunSource", "StreamingRun", "new_run_id"]
@@ -48,8 +48,8 @@ OnProgress: TypeAlias = Callable[..., None]
 """The progress callback handed to a run function.
 
 Call it with keyword arguments (``ikclient``'s form: ``run_id, name, uuid, state, eta,
-results``, or any of ``status, progress, logs, log, partial_output``), or with one dict or
-`RunState` of those fields.
+results``, or any of ``status, progress, logs, log, partial_output, usage``), or with one
+dict or `RunState` of those fields. ``usage`` goes to the run's usage record only (`RunUsage`).
 """
 
 RunSource: TypeAlias = Callable[[OnProgress], Any] | AsyncIterable[Any]
@@ -142,6 +142,7 @@ class StreamingRun:
         self.max_events = max_events
         self.drain_timeout = drain_timeout
         self.named_events = named_events
+        self.usage = RunUsage(self.run_id)
         self._upstream_id: str | None = None
         self._seq = 0
         self._status = RunStatus.RECEIVED
@@ -216,6 +217,8 @@ class StreamingRun:
     def _update(self, update: Mapping[str, Any]) -> None:
         if self._terminal is not None or self._sink is None:
             return
+        if "usage" in update and not (update := self.usage.take(update)):
+            return  # the deployment's usage only: nothing for readers
         state = update.get("state")
         status = update.get("status")
         self._upstream_id = upstream_id_of(update) or self._upstream_id
