@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -13,10 +14,15 @@ from conftest import serve
 from fastapi import FastAPI
 from pydantic import BaseModel
 from redis_server import run_redis_server
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 from stream_support import read_stream
 
 from fastapi_ikstream import DeploymentError, RunStore, create_router
 from fastapi_ikstream.redis import RedisRunStore
+from fastapi_ikstream.remote import RemoteDeployment, UpstreamEvent
 from fastapi_ikstream.testing import FakeDeployment, RecordingUsage
 from fastapi_ikstream.usage import UsageRecord
 
@@ -141,3 +147,46 @@ async def test_an_overridden_deployment_names_the_one_that_ran() -> None:
     with serve(app) as server:
         record, _ = await one_run(server.url, usage, {"inputs": []})
     assert (record.deployment, record.usage) == ("FakeDeployment", {"gpu_seconds": 0.25})
+
+
+def tokens_app() -> Starlette:
+    """An upstream stream that reports its token counts, then its output."""
+
+    async def stream(request: Request) -> Response:
+        async def body() -> AsyncIterator[bytes]:
+            for item in ({"tokens": 4}, {"tokens": 9}, {"output": "hi"}):
+                yield f"data: {json.dumps(item)}\n\n".encode()
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    return Starlette(routes=[Route("/stream", stream, methods=["POST"])])
+
+
+def tokens_event(event: UpstreamEvent) -> dict[str, Any] | None:
+    payload = event.json()
+    if "tokens" in payload:
+        return {"state": "STARTED", "usage": {"output_tokens": payload["tokens"]}}
+    return {"status": "completed", "results": [{"DATA_DICT": payload}]}
+
+
+async def test_a_remote_mapping_carries_the_upstreams_usage() -> None:
+    usage = RecordingUsage()
+    with serve(tokens_app()) as upstream:
+        remote = RemoteDeployment(upstream.url + "/stream", map_event=tokens_event, name="llm")
+        with serve(app_for(remote, usage)) as server:
+            record, stream = await one_run(server.url, usage, {"inputs": []})
+    assert stream.kinds == ["run", "progress", "progress", "result", "done"]
+    assert (record.deployment, record.usage) == ("llm", {"output_tokens": 9})
+
+
+async def test_a_chained_ikstream_upstream_keeps_its_usage_to_itself() -> None:
+    upstream_usage, usage = RecordingUsage(), RecordingUsage()
+    with serve(app_for(Metered(), upstream_usage)) as upstream:
+        remote = RemoteDeployment(upstream.url + "/api/gen/stream")
+        with serve(app_for(remote, usage)) as server:
+            record, stream = await one_run(server.url, usage, {"inputs": []})
+        assert await upstream_usage.wait_for(1)
+    assert stream.kinds == ["run", "progress", "result", "done"]
+    assert (record.deployment, record.usage) == ("remote", {})
+    [billed] = upstream_usage.records  # the upstream bills its run itself
+    assert (billed.deployment, billed.usage) == ("metered-gpu", {**REPORTED, "x": 1})
