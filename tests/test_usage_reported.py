@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -190,3 +191,53 @@ async def test_a_chained_ikstream_upstream_keeps_its_usage_to_itself() -> None:
     assert (record.deployment, record.usage) == ("remote", {})
     [billed] = upstream_usage.records  # the upstream bills its run itself
     assert (billed.deployment, billed.usage) == ("metered-gpu", {**REPORTED, "x": 1})
+
+
+class Counting:
+    """Reports its usage many times in a row, then waits for the test before it ends."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+
+    def open_run(self, inputs: Any, parameters: Mapping[str, Any]) -> Any:
+        return self._run()
+
+    async def _run(self) -> AsyncIterator[dict[str, Any]]:
+        yield {"state": "STARTED"}
+        for tokens in range(1, 201):
+            yield {"usage": {"output_tokens": tokens}}
+        await self.gate.wait()
+        yield {"results": []}
+
+
+@pytest.mark.redis
+async def test_a_shared_store_keeps_the_latest_usage_while_the_run_goes_on(
+    redis_url: str,
+) -> None:
+    usage, counting = RecordingUsage(), Counting()
+    store = RedisRunStore(redis_url, prefix=f"r{uuid.uuid4().hex[:8]}:")
+    router = create_router(counting, path="/gen", on_usage=usage, keep_alive=0, store=store)
+    app = FastAPI()
+    app.include_router(router, prefix="/api")
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+        asyncio.timeout(20),
+    ):
+        created = await client.post("/api/gen/runs", json={"inputs": []})
+        run_id = created.json()["run_id"]
+        kept: dict[str, Any] | None = None
+        for _ in range(500):  # the writes catch up with the last value, one at a time
+            info = await store.get_info(run_id)
+            kept = info.usage if info is not None else None
+            if kept == {"output_tokens": 200}:
+                break
+            await asyncio.sleep(0.02)
+        assert kept == {"output_tokens": 200}
+        assert info is not None
+        assert (info.router, info.deployment) == ("gen", "Counting")
+        counting.gate.set()
+        assert await usage.wait_for(1)
+    [record] = usage.records
+    assert record.usage == {"output_tokens": 200}
