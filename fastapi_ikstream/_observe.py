@@ -9,20 +9,29 @@ Usage records are kept and delivered by a `UsageLedger` (``_ledger``): made by t
 that runs the run, when its task has ended, whatever ended it (its end, a failure, a
 cancel, its timeout, shutdown), with the events, bytes and readers this worker served; a
 run whose worker stopped is reported by the worker whose store ended it as ``orphaned``.
+That worker also counts it among the finished runs (``failed``), under the router named
+in the store's meta data if it is kept there; not in the duration histogram (its end is
+the sweep's time) nor in the runs in progress (the gauge that counted it died with its
+worker).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+from ._exceptions import StoreError
 from ._ledger import UsageLedger
 from ._models import EventType, RunState
 from ._run import StreamingRun
-from ._store import RunStore
+from ._store import RunInfo, RunStore
 
 __all__ = ["OnUsage", "RunObserver"]
+
+logger = logging.getLogger("fastapi_ikstream")
 
 Sink = Callable[[RunState], None]
 """Where a run's states go (the run store's ``append``)."""
@@ -58,8 +67,10 @@ class RunObserver:
     ) -> None:
         self.label = label
         self.metrics = metrics
+        self.store = store
         self.usage = UsageLedger(label, on_usage, store) if on_usage is not None else None
         self._started: dict[str, float] = {}
+        self._orphans: set[asyncio.Task[None]] = set()
 
     def run_started(self, run: StreamingRun, owner: str | None, sink: Sink) -> Sink:
         """A run was created; returns the sink to start its task with.
@@ -70,7 +81,7 @@ class RunObserver:
         run_id = run.run_id
         started = self._started[run_id] = time.monotonic()
         if self.usage is not None:
-            self.usage.started(run_id, owner)
+            self.usage.started(run_id, owner, run.usage)
         metrics = self.metrics
         if metrics is None:
             return sink
@@ -98,15 +109,35 @@ class RunObserver:
             seconds = time.monotonic() - started
             self.metrics.run_finished(self.label, status, seconds, run_id, code)
         if self.usage is not None:
-            self.usage.finished(run_id, terminal)
+            self.usage.finished(run_id, terminal, run.usage)
 
     def run_orphaned(self, run_id: str) -> None:
-        """The store ended ``run_id`` as ``orphaned`` (its worker stopped): report its usage."""
+        """The store ended ``run_id`` as ``orphaned`` (its worker stopped): count and report it."""
+        task = asyncio.get_running_loop().create_task(self._orphaned(run_id))
+        self._orphans.add(task)
+        task.add_done_callback(self._orphans.discard)
+
+    async def _orphaned(self, run_id: str) -> None:
+        info = await self._info(run_id)
+        if self.metrics is not None:
+            router = info.router if info is not None and info.router else self.label
+            self.metrics.run_orphaned(router)
         if self.usage is not None:
-            self.usage.orphaned(run_id)
+            self.usage.orphaned(run_id, info)
+
+    async def _info(self, run_id: str) -> RunInfo | None:
+        if self.store is None:
+            return None
+        try:
+            return await self.store.get_info(run_id)
+        except StoreError as exc:
+            logger.warning("run %s: the store cannot say whose it was: %s", run_id, exc)
+            return None
 
     async def drain(self) -> None:
         """Deliver the usage records still waiting, and wait for them (at shutdown)."""
+        if self._orphans:
+            await asyncio.wait(set(self._orphans), timeout=5.0)
         if self.usage is not None:
             await self.usage.drain()
 

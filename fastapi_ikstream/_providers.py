@@ -14,6 +14,7 @@ from ._deployments import Deployment, as_deployment
 from ._exceptions import DeploymentError
 from ._request import RunRequest
 from ._run import DEFAULT_TIMEOUT, StreamingRun, new_run_id
+from ._updates import deployment_name
 
 __all__ = ["DeploymentProvider", "RunProvider"]
 
@@ -79,7 +80,11 @@ class RunProvider:
         return lambda payload: self.build(deployment, payload)
 
     def build(self, deployment: Any, payload: Any) -> StreamingRun:
-        """A new run of ``deployment`` for the validated input ``payload``."""
+        """A new run of ``deployment`` for the validated input ``payload``.
+
+        The run's usage record names the deployment (`deployment_name`): its ``name``
+        attribute, else its class's name.
+        """
         if isinstance(payload, RunRequest):
             inputs: Any = payload.inputs
             parameters: dict[str, Any] = dict(payload.parameters)
@@ -88,14 +93,15 @@ class RunProvider:
         else:
             inputs, parameters = payload, {}
         keep = self.include_inputs and isinstance(payload, RunRequest)
+        deployment = as_deployment(deployment)
         try:
-            source = as_deployment(deployment).open_run(inputs, parameters)
+            source = deployment.open_run(inputs, parameters)
         except DeploymentError as exc:  # refused before any run exists: nothing is held
             raise HTTPException(
                 422 if exc.code == "invalid_input" else 502,
                 detail={"error": exc.code, "message": exc.message, "retryable": exc.retryable},
             ) from exc
-        return StreamingRun(
+        run = StreamingRun(
             source,
             run_id=new_run_id(),
             inputs=inputs if keep else None,
@@ -104,3 +110,5 @@ class RunProvider:
             timeout=self.timeout,
             retry=self.retry,
         )
+        run.usage.deployment = deployment_name(deployment)
+        return run

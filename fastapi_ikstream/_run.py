@@ -30,7 +30,7 @@ from ._models import (
     upstream_id_of,
 )
 from ._run_readers import ResponseOptions, encoded_stream, run_response, state_stream
-from ._updates import eta_of, logs_of, progress_of, results_of, trusted_state
+from ._updates import RunUsage, eta_of, logs_of, progress_of, results_of, trusted_state
 from ._wire import check_sse_id
 
 if TYPE_CHECKING:
@@ -41,19 +41,16 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_TIMEOUT", "OnProgress", "RunSource", "StreamingRun", "new_run_id"]
 
 logger = logging.getLogger("fastapi_ikstream")
-
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 3600.0
 """Seconds a deployment may run before it is ended with a ``failed`` state, code ``timeout``."""
 
 OnProgress: TypeAlias = Callable[..., None]
-"""The progress callback handed to a run function.
-
-Call it with keyword arguments (``ikclient``'s form: ``run_id, name, uuid, state, eta,
-results``, or any of ``status, progress, logs, log, partial_output``), or with one dict or
-`RunState` of those fields.
-"""
+"""The progress callback handed to a run function: call it with keyword arguments
+(``ikclient``'s ``run_id, name, uuid, state, eta, results``, or any of ``status, progress,
+logs, log, partial_output, usage``), or one dict or `RunState` of those fields. ``usage``
+goes to the run's usage record only (`RunUsage`)."""
 
 RunSource: TypeAlias = Callable[[OnProgress], Any] | AsyncIterable[Any]
 """A run function ``fn(on_progress) -> result`` (sync or async), or an async iterable of updates."""
@@ -133,6 +130,7 @@ class StreamingRun:
         self.max_events = max_events
         self.drain_timeout = drain_timeout
         self.named_events = named_events
+        self.usage = RunUsage(self.run_id)
         self._upstream_id: str | None = None
         self._seq = 0
         self._status = RunStatus.RECEIVED
@@ -206,6 +204,8 @@ class StreamingRun:
     def _update(self, update: Mapping[str, Any]) -> None:
         if self._terminal is not None or self._sink is None:
             return
+        if "usage" in update and not (update := self.usage.take(update)):
+            return  # the deployment's usage only: nothing for readers
         state = update.get("state")
         status = update.get("status")
         self._upstream_id = upstream_id_of(update) or self._upstream_id

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ._models import EventType, RunState, RunStatus
@@ -109,6 +109,9 @@ class RunInfo:
         created_at: when the run was created, in seconds since the epoch, if the store
             keeps it (a shared store does: its usage record needs it when the worker that
             ran it stopped).
+        router: the name of the router that ran it, if the store keeps it (`keep_usage`).
+        deployment: the name of its deployment, likewise.
+        usage: the deployment's own usage reported so far, likewise.
     """
 
     run_id: str
@@ -121,6 +124,9 @@ class RunInfo:
     cancel_requested: bool = False
     attached: bool = False
     created_at: float | None = None
+    router: str | None = None
+    deployment: str | None = None
+    usage: dict[str, int | float | str] | None = None
 
 
 class Subscription(ABC):
@@ -240,6 +246,26 @@ class RunStore(ABC):
                 delivered at least once).
         """
         return True
+
+    async def keep_usage(  # noqa: B027
+        self,
+        run_id: str,
+        *,
+        router: str,
+        deployment: str | None,
+        usage: Mapping[str, int | float | str],
+    ) -> None:
+        """Keep what the run's usage record needs in its meta data, for an orphan's record.
+
+        A shared store overrides it, and `get_info` gives the values back: when the run's
+        worker stops, the worker that ends the run as ``orphaned`` reports it with them.
+        Called when a metered run starts and each time its usage changes (one call at a
+        time per run, the latest values). This default, for a store that only one worker
+        uses, keeps nothing, and a router does not call it.
+
+        Raises:
+            StoreError: the store cannot be reached.
+        """
 
     def set_orphan_handler(self, handler: OrphanHandler | None) -> None:
         """Add a callback the store calls once it has ended a run whose owner stopped.

@@ -6,12 +6,17 @@ no model built per line in Python); the `RunState` around them is then assembled
 the package made itself, of their fields' exact types, without validating them a second time
 (`trusted_state`). The state's JSON is the same, byte for byte, as a `RunState` validated
 from the same update: ``tests/test_updates.py`` checks it.
+
+An update may also carry the deployment's own usage (``"usage": {"output_tokens": 512}``):
+`RunUsage` keeps it for the run's usage record, off the wire.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter
@@ -19,7 +24,18 @@ from pydantic import BaseModel, TypeAdapter
 from ._ikclient import raw_outputs
 from ._models import LogLine, Progress, RunState
 
-__all__ = ["eta_of", "logs_of", "progress_of", "results_of", "trusted", "trusted_state"]
+__all__ = [
+    "RunUsage",
+    "deployment_name",
+    "eta_of",
+    "logs_of",
+    "progress_of",
+    "results_of",
+    "trusted",
+    "trusted_state",
+]
+
+logger = logging.getLogger("fastapi_ikstream")
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -130,3 +146,77 @@ def results_of(value: Any) -> list[dict[str, Any]] | None:
     if outputs is not None:
         return [dict(item) for item in outputs]
     return [{"DATA_DICT": value}] if isinstance(value, str | int | float | bool) else None
+
+
+def deployment_name(deployment: Any) -> str:
+    """The name a usage record gives ``deployment``: its ``name``, else its class's name.
+
+    A ``name`` attribute counts when it is a non-empty string. A function given as the
+    deployment is wrapped in a ``CallableDeployment`` or ``GeneratorDeployment`` named
+    after the function.
+    """
+    name = getattr(deployment, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    return type(deployment).__name__
+
+
+def _usage_value(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int | str)
+
+
+class RunUsage:
+    """A run's own usage, as its deployment reports it in updates; never sent to readers.
+
+    An update's ``usage`` is a mapping of names to numbers or strings; each key replaces
+    the value it had (report running totals). An entry that is not a string key with an
+    int, a finite float or a string value is left out with a warning (the run goes on), as
+    is a ``usage`` that is not a mapping.
+
+    Attributes:
+        deployment: the name of the run's deployment (`deployment_name`), or None.
+        values: the usage reported so far.
+        listener: called after ``values`` changed, or None.
+    """
+
+    __slots__ = ("deployment", "listener", "run_id", "values")
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.deployment: str | None = None
+        self.values: dict[str, int | float | str] = {}
+        self.listener: Callable[[], None] | None = None
+
+    def take(self, update: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Keep ``update``'s ``usage``; returns the update without it."""
+        rest = {key: value for key, value in update.items() if key != "usage"}
+        self.merge(update["usage"])
+        return rest
+
+    def merge(self, usage: Any) -> None:
+        """Merge one reported ``usage`` mapping (see the class docstring)."""
+        if not isinstance(usage, Mapping):
+            logger.warning("run %s: usage %.100r is not a mapping; ignored", self.run_id, usage)
+            return
+        changed = False
+        for key, value in usage.items():
+            if not isinstance(key, str) or not _usage_value(value):
+                logger.warning(
+                    "run %s: usage %.100r: %.100r is not an int, float or str; ignored",
+                    self.run_id,
+                    key,
+                    value,
+                )
+                continue
+            if self.values.get(key, _MISSING) != value:
+                self.values[key] = value
+                changed = True
+        if changed and self.listener is not None:
+            self.listener()
+
+
+_MISSING = object()

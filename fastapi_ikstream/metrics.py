@@ -22,6 +22,9 @@ where the scraper should find it. Every series has a ``router`` label (the route
 `event_sent` is on the hot path (once per write to a reader): it adds to two plain ints, read
 by a custom collector at scrape time, instead of taking a client-library counter's lock.
 
+A run ended as ``orphaned`` (its worker stopped; a shared store) counts in
+``ikstream_runs_finished_total{status="failed"}`` of the worker whose store swept it.
+
 Metrics are per process: with several workers, scrape each (or use a push gateway).
 
 Example::
@@ -235,6 +238,15 @@ class PrometheusMetrics:
         self._duration.labels(router, status).observe(seconds)
         if self.spans is not None:
             self.spans.end(run_id, status, error_code)
+
+    def run_orphaned(self, router: str) -> None:
+        """A run whose worker stopped was ended ``orphaned`` by this worker's store.
+
+        It counts among the finished runs as ``failed``; not in the duration histogram
+        (its end is the sweep's time) nor in the runs in progress (the gauge that counted
+        it was its own worker's).
+        """
+        self._finished.labels(router, "failed").inc()
 
     def first_event(self, router: str, seconds: float) -> None:
         """A run's first update from its deployment came ``seconds`` after it started."""

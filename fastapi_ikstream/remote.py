@@ -125,7 +125,10 @@ class RemoteDeployment:
         method: the request's HTTP method. Default ``"POST"``.
         headers: headers for every upstream request (e.g. ``Authorization``). Default none.
         map_event: an `EventMapping`, or a plain ``map_event`` function; None (default) reads
-            a fastapi-ikstream upstream (`IKSTREAM`).
+            a fastapi-ikstream upstream (`IKSTREAM`). A mapped update may carry ``usage``
+            (the upstream's own figures) for this run's usage record. A fastapi-ikstream
+            upstream does not send its usage (it is billing data, kept off the wire): its
+            own ``on_usage`` reports it.
         body: ``fn(inputs, parameters)`` giving the request's JSON body. Default
             `default_body`. None is sent as no body for ``GET``.
         cancel_url: the upstream's cancel endpoint, with ``{run_id}`` in it. Default: for a
@@ -141,7 +144,7 @@ class RemoteDeployment:
         cancel_timeout: seconds the upstream cancel request may take. Default 2.0.
         client: an ``httpx.AsyncClient`` to share, for its connection pool (its base settings
             apply); default: one per run, closed at its end (all share one TLS context).
-        name: a name for logs and documentation. Default ``"remote"``.
+        name: a name for logs, documentation and usage records. Default ``"remote"``.
     """
 
     def __init__(  # noqa: PLR0913 - public constructor: keyword-only options

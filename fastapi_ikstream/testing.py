@@ -60,8 +60,9 @@ class FakeDeployment:
 
     Args:
         states: updates to produce, in order: dicts of update fields (``state``, ``status``,
-            ``progress``, ``eta``, ``logs``, ``partial_output``, ``results``). Without a
-            ``results`` item the run ends with empty results.
+            ``progress``, ``eta``, ``logs``, ``partial_output``, ``results``, and ``usage``
+            for the run's usage record). Without a ``results`` item the run ends with empty
+            results.
         fail_at: index of the update at which the run fails instead (a `DeploymentError` with
             code ``fake_failure``); None never fails. Default None.
         delay: seconds to wait before each update. Default 0.

@@ -31,6 +31,13 @@ __all__ = ["OnUsage", "UsageMeter", "UsageRecord"]
 class UsageRecord(BaseModel):
     """What one run used: who ran it, on which router, for how long, and what was sent.
 
+    ``deployment`` is the deployment's ``name`` attribute if it is a non-empty string, else
+    its class's name. ``usage`` holds what the deployment reported: an update (a keyword of
+    ``on_progress``, or a key of a yielded update) may carry ``"usage": {"output_tokens":
+    512, "gpu_seconds": 3.9}``; values are ints, floats or strings, each key keeps its last
+    value, and an invalid entry is left out with a logged warning. Usage is not on the wire:
+    readers of the run never see it.
+
     Example::
 
         {"run_id": "r_8f2c…", "router": "generate", "deployment": "remote",
@@ -44,7 +51,13 @@ class UsageRecord(BaseModel):
 
     run_id: str = Field(description="The run's id: unique, so it is the record's key too.")
     router: str = Field(description="The router's name (``create_router(name=…)``).")
-    deployment: str | None = Field(default=None, description="The deployment's name.")
+    deployment: str | None = Field(
+        default=None,
+        description=(
+            "The deployment's name: its `name` attribute if that is a non-empty string, else "
+            "its class's name (a function deployment is named after the function)."
+        ),
+    )
     principal: str | None = Field(
         default=None,
         description="The run's owner, '{authority}|{subject}'; None on an open router.",
@@ -66,7 +79,10 @@ class UsageRecord(BaseModel):
     readers: int = Field(default=0, ge=0, description="Stream connections that read the run.")
     usage: dict[str, int | float | str] = Field(
         default_factory=dict,
-        description="The deployment's own figures, if it reports any (tokens, GPU seconds).",
+        description=(
+            "The deployment's own figures (tokens, GPU seconds), from the `usage` mapping of "
+            "its updates, each key's last value; never sent to the run's readers."
+        ),
     )
 
     @model_validator(mode="after")

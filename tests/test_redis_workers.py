@@ -36,18 +36,20 @@ class Job(BaseModel):
 
 
 async def slow(inputs, parameters, on_progress):
+    on_progress(usage={"gpu_seconds": 1.5, "model": "slow-1"})  # a metered router bills it
     for step in range(inputs.steps):
         on_progress(state="STARTED", progress={"current": step + 1, "total": inputs.steps})
         await asyncio.sleep(inputs.delay)
     return [{"DATA_DICT": {"steps": inputs.steps}}]
 
 
-url, prefix, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+url, prefix, port, metered = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
 store = RedisRunStore(url, prefix=prefix, lease_seconds=0.5, sweep_interval=0.25)
 app = FastAPI()
 app.include_router(
     create_router(
-        slow, path="/gen", request_model=Job, store=store, on_disconnect="continue", keep_alive=0.5
+        slow, path="/gen", request_model=Job, store=store, on_disconnect="continue", keep_alive=0.5,
+        on_usage=(lambda record: None) if metered else None,
     ),
     prefix="/api",
 )
@@ -84,9 +86,11 @@ class Worker:
                 self.process.wait(5)
 
 
-def start_worker(redis_url: str, prefix: str) -> Worker:
+def start_worker(redis_url: str, prefix: str, *, metered: bool = False) -> Worker:
+    """A worker process; ``metered`` gives its ``/gen`` router an ``on_usage`` (a no-op)."""
     port = _free_port()
-    process = subprocess.Popen([sys.executable, "-c", _WORKER, redis_url, prefix, str(port)])
+    args = [redis_url, prefix, str(port), "1" if metered else "0"]
+    process = subprocess.Popen([sys.executable, "-c", _WORKER, *args])
     worker = Worker(process, f"http://127.0.0.1:{port}")
     deadline = time.monotonic() + 20
     while True:

@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from pydantic import ValidationError
 
-from fastapi_ikstream import RunState, RunStatus
+from fastapi_ikstream import RunState, RunStatus, as_deployment
+from fastapi_ikstream._updates import RunUsage, deployment_name
+from fastapi_ikstream.remote import RemoteDeployment
 from fastapi_ikstream.testing import RecordingUsage
 from fastapi_ikstream.usage import UsageMeter, UsageRecord
 
@@ -140,3 +142,36 @@ def test_a_meter_refuses_an_end_before_its_start():
     with pytest.raises(ValidationError):
         meter.record(None, ended_at=START - timedelta(seconds=1))
     assert meter.record(None, ended_at=START).run_seconds == 0
+
+
+def test_reported_usage_keeps_each_keys_last_valid_value(caplog):
+    usage = RunUsage("r_1")
+    changes: list[dict[str, int | float | str]] = []
+    usage.listener = lambda: changes.append(dict(usage.values))
+    rest = usage.take({"state": "STARTED", "usage": {"output_tokens": 10, "model": "m"}})
+    assert rest == {"state": "STARTED"}
+    usage.merge({"output_tokens": 512, "gpu_seconds": 3.9})
+    usage.merge({"output_tokens": 512})  # nothing new: no change reported
+    bad = {"a": True, "b": float("nan"), "c": [1], 7: 1, "d": None, "e": float("inf")}
+    usage.merge(bad)
+    usage.merge(["not", "a", "mapping"])
+    assert usage.values == {"output_tokens": 512, "model": "m", "gpu_seconds": 3.9}
+    assert changes == [{"output_tokens": 10, "model": "m"}, usage.values]
+    assert len([r for r in caplog.records if "ignored" in r.getMessage()]) == len(bad) + 1
+
+
+def test_a_deployment_is_named_by_its_name_else_its_class():
+    class Named:
+        name = "gpu-a"
+
+    class Blank:
+        name = ""
+
+    async def generate(inputs, parameters, on_progress):
+        return []
+
+    assert deployment_name(Named()) == "gpu-a"
+    assert deployment_name(Blank()) == "Blank"
+    assert deployment_name(object()) == "object"
+    assert deployment_name(as_deployment(generate)) == "generate"
+    assert deployment_name(RemoteDeployment("http://upstream/api/x/stream")) == "remote"

@@ -20,6 +20,7 @@ from stream_support import Received, read_stream
 from test_redis_workers import start_worker
 
 from fastapi_ikstream import create_router
+from fastapi_ikstream.metrics import PrometheusMetrics
 from fastapi_ikstream.redis import RedisRunStore
 from fastapi_ikstream.routing import StreamRouter
 from fastapi_ikstream.testing import RecordingUsage
@@ -248,24 +249,46 @@ def redis_url() -> Iterator[str]:
         yield server.url
 
 
-def redis_router(usage: RecordingUsage, url: str, prefix: str) -> StreamRouter:
+def redis_router(
+    usage: RecordingUsage, url: str, prefix: str, metrics: PrometheusMetrics | None = None
+) -> StreamRouter:
     store = RedisRunStore(url, prefix=prefix, lease_seconds=0.5, sweep_interval=0.25)
-    return usage_app(usage, store=store, on_disconnect="continue")
+    return usage_app(usage, store=store, on_disconnect="continue", metrics=metrics)
 
 
 def all_records(*usages: RecordingUsage) -> list[UsageRecord]:
     return [record for usage in usages for record in usage.records]
 
 
+def finished_runs(metrics: PrometheusMetrics, status: str) -> float:
+    labels = {"router": "gen", "status": status}
+    return metrics.registry.get_sample_value("ikstream_runs_finished_total", labels) or 0.0
+
+
+async def usage_kept(url: str, prefix: str, run_id: str) -> None:
+    """Wait until the owner has kept the run's usage in its meta data (before killing it)."""
+    store = RedisRunStore(url, prefix=prefix)
+    try:
+        for _ in range(500):  # 10 s at most
+            info = await store.get_info(run_id)
+            if info is not None and info.usage:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("the owner did not keep the run's usage")
+    finally:
+        await store.aclose()
+
+
 @pytest.mark.redis
 async def test_an_orphaned_run_is_reported_once_by_a_surviving_worker(redis_url: str) -> None:
     prefix = f"u{uuid.uuid4().hex[:8]}:"
     usages = (RecordingUsage(), RecordingUsage())
+    metrics = (PrometheusMetrics(), PrometheusMetrics())
     with (
-        serve(app_of(redis_router(usages[0], redis_url, prefix))) as a,
-        serve(app_of(redis_router(usages[1], redis_url, prefix))),
+        serve(app_of(redis_router(usages[0], redis_url, prefix, metrics[0]))) as a,
+        serve(app_of(redis_router(usages[1], redis_url, prefix, metrics[1]))),
     ):
-        owner = await asyncio.to_thread(start_worker, redis_url, prefix)
+        owner = await asyncio.to_thread(start_worker, redis_url, prefix, metered=True)
         try:
             async with client_for(a.url) as client, asyncio.timeout(30):
                 before = datetime.now(UTC)
@@ -275,6 +298,7 @@ async def test_an_orphaned_run_is_reported_once_by_a_surviving_worker(redis_url:
                 run_id = created.json()["run_id"]
                 url = f"{a.url}/api/gen/runs/{run_id}/events"
                 await read_stream(client, "GET", url, stop_after=2)  # it is running
+                await usage_kept(redis_url, prefix, run_id)
                 killed = datetime.now(UTC)
                 owner.stop(signal.SIGKILL)
                 await eventually(lambda: all_records(*usages), timeout=10, what="the orphan")
@@ -284,12 +308,17 @@ async def test_an_orphaned_run_is_reported_once_by_a_surviving_worker(redis_url:
     assert record.run_id == run_id
     assert (record.status.value, record.error_code) == ("failed", "orphaned")
     assert record.principal is None  # the owner ran without auth
-    assert record.router == "gen"
+    # the owner kept its router's and deployment's names and the usage in the store
+    assert (record.router, record.deployment) == ("gen", "slow")
+    assert record.usage == {"gpu_seconds": 1.5, "model": "slow-1"}
     # its start was kept in the store: the run's seconds run from it to the sweep
     second = timedelta(seconds=1)  # Redis's clock and this one are the same host's
     assert before - second <= record.started_at <= killed + second
     assert record.ended_at > killed - second
     assert record.run_seconds > 0
+    # the worker that swept it counted it as a failed run, the other did not
+    assert sorted(finished_runs(m, "failed") for m in metrics) == [0.0, 1.0]
+    assert [finished_runs(m, "completed") for m in metrics] == [0.0, 0.0]
 
 
 async def run_to_end(client: httpx.AsyncClient, url: str) -> str:
@@ -350,3 +379,4 @@ async def test_two_workers_on_one_redis_report_each_run_once(redis_url: str) -> 
     cancelled = [record for record in records if record.status.value == "cancelled"]
     assert len(cancelled) == 20
     assert {record.principal for record in records} == {OWNER}
+    assert {record.deployment for record in records} == {"Modes"}

@@ -218,6 +218,13 @@ redis.call('HSET', KEYS[1], 'watchers', total)
 return total
 """
 
+# KEYS: meta. ARGV: field, value pairs. Sets them on a run that exists (keeps its expiry).
+_KEEP = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
 
 class Scripts:
     """The scripts of one client; call one as ``await scripts.append(keys=..., args=...)``.
@@ -234,3 +241,4 @@ class Scripts:
         self.due: AsyncScript = client.register_script(_DUE)
         self.cancel: AsyncScript = client.register_script(_CANCEL)
         self.watch: AsyncScript = client.register_script(_WATCH)
+        self.keep: AsyncScript = client.register_script(_KEEP)

@@ -11,6 +11,7 @@ import os
 import socket
 import uuid
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 from redis.asyncio import Redis
@@ -252,6 +253,9 @@ class RedisRunStore(StoreLifecycle, RunStore):
             cancel_requested=data.get("cancel") == "1",
             attached=data.get("attached") == "1",
             created_at=int(data["created"]) / 1000 if "created" in data else None,
+            router=data.get("u_router"),
+            deployment=data.get("u_deployment"),
+            usage=json.loads(data["u_usage"]) if "u_usage" in data else None,
         )
 
     def subscribe(self, run_id: str, after_seq: int = 0) -> Subscription:
@@ -321,6 +325,22 @@ class RedisRunStore(StoreLifecycle, RunStore):
         await self._ensure_started()
         key = f"{self.prefix}usage:{run_id}"
         return bool(await self.client.set(key, self.worker_id, nx=True, px=self._live_ms))
+
+    @translated("keeping a run's usage")
+    async def keep_usage(
+        self,
+        run_id: str,
+        *,
+        router: str,
+        deployment: str | None,
+        usage: Mapping[str, int | float | str],
+    ) -> None:
+        """Keep the names and usage in the run's meta hash (see `RunStore.keep_usage`)."""
+        await self._ensure_started()
+        args = ["u_router", router, "u_usage", json.dumps(dict(usage))]
+        if deployment is not None:
+            args += ["u_deployment", deployment]
+        await self._lua().keep(keys=[self._keys(run_id)[1]], args=args)
 
     @translated("sweeping")
     async def sweep(self) -> int:
