@@ -23,7 +23,6 @@ to finish before they are cancelled.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Literal
@@ -280,9 +279,13 @@ class RunManager:
         for grace in self._grace_tasks.values():
             grace.cancel()
         self._grace_tasks.clear()
-        for run in runs:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.store.flush(run.run_id), 1.0)
+        # the runs' last events to the store, all at once: 1 s in all, even with it away
+        flushes = [asyncio.ensure_future(self.store.flush(run.run_id)) for run in runs]
+        if flushes:
+            _, unflushed = await asyncio.wait(flushes, timeout=1.0)
+            for flush in unflushed:
+                flush.cancel()
+            await asyncio.gather(*flushes, return_exceptions=True)  # failures are logged
 
     async def aclose(self) -> None:
         """Shut down and close the store; the manager starts again on its next use."""
