@@ -4,28 +4,19 @@ Run in its own process, as a deployment would be, so that the test's 200 clients
 share the server's interpreter.
 """
 
-import asyncio
 import logging
 import os
-from typing import Any
 
 from fastapi import FastAPI
 
 from fastapi_ikstream import Quotas, create_router
 from fastapi_ikstream.redis import RedisRunStore
 
+from .jobs import slow_job
+
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 STREAMS = int(os.environ.get("IKSTREAM_TEST_STREAMS", "200"))
-
-
-async def slow_job(inputs: Any, parameters: Any, on_progress: Any) -> list[dict[str, Any]]:
-    """Reports progress every 50 ms for ``parameters["steps"]`` steps."""
-    steps = int(parameters.get("steps", 2))
-    for step in range(steps):
-        on_progress(state="STARTED", progress={"current": step, "total": steps})
-        await asyncio.sleep(0.05)
-    return [{"DATA_DICT": {"steps": steps}}]
 
 
 store = RedisRunStore(

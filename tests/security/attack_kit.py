@@ -5,29 +5,18 @@ Not a conftest (one ``conftest`` module name is taken by ``tests/conftest.py``).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import redis
 from redis_server import REDIS_SERVER, RedisServer
 
 SECRET = "s" * 48
 AUDIENCE = "attack-suite"
-
-
-async def slow_job(inputs: Any, parameters: Any, on_progress: Any) -> list[dict[str, Any]]:
-    """A deployment that reports progress every 50 ms for ``parameters["steps"]`` steps."""
-    steps = int(parameters.get("steps", 2))
-    for step in range(steps):
-        on_progress(state="STARTED", progress={"current": step, "total": steps})
-        await asyncio.sleep(0.05)
-    return [{"DATA_DICT": {"steps": steps}}]
 
 
 def raw_request(port: int, data: bytes, *, timeout: float = 10.0) -> bytes:

@@ -9,7 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-from attack_kit import AUDIENCE, SECRET, raw_request, slow_job, status_of
+from apps.jobs import slow_job
+from attack_kit import AUDIENCE, SECRET, raw_request, status_of
 from conftest import ThreadServer, serve
 from fastapi import FastAPI
 from pydantic import BaseModel, Field

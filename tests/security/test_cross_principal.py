@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
-from attack_kit import AUDIENCE, SECRET, slow_job
+from apps.jobs import slow_job
+from attack_kit import AUDIENCE, SECRET
 from conftest import ThreadServer, serve
 from fastapi import FastAPI
 from redis_server import run_redis_server

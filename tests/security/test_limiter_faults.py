@@ -10,7 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-from attack_kit import kill_redis, slow_job, start_redis_on
+from apps.jobs import slow_job
+from attack_kit import kill_redis, start_redis_on
 from conftest import free_port, serve
 from fastapi import FastAPI, HTTPException, Request
 from redis_server import RedisServer

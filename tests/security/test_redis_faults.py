@@ -25,7 +25,8 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from attack_kit import kill_redis, slow_job, start_redis_on
+from apps.jobs import slow_job
+from attack_kit import kill_redis, start_redis_on
 from conftest import free_port, serve
 from fastapi import FastAPI
 from redis_server import RedisServer
