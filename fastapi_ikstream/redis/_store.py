@@ -295,12 +295,9 @@ class RedisRunStore(StoreLifecycle, RunStore):
                 and written on the run's next call.
         """
         before = self._watching.get(run_id, 0)
-        self._set_watching(run_id, max(0, before + delta))
-        args: list[int | str] = [
-            self._watching.get(run_id, 0),
-            f"w:{self.worker_id}",
-            f"{self.prefix}worker:",
-        ]
+        count = max(0, before + delta)
+        self._set_watching(run_id, count)
+        args: list[int | str] = [count, f"w:{self.worker_id}", f"{self.prefix}worker:"]
         try:
             await self._ensure_started()
             total = await self._lua().watch(keys=[self._keys(run_id)[1]], args=args)
